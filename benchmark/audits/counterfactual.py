@@ -1,0 +1,218 @@
+"""Counterfactual audit: the same case with only demographics changed, analysed as paired data.
+
+Input: one row per request with ``case_id``, ``question_id``, one column per attribute,
+``valid``, ``outcome`` (P(positive) or expected score), ``decision`` and ``correct``.
+
+Definitions (stable metric names):
+- ``cf_flip_rate``: share of cases whose decision is not the same in every valid variant.
+- ``cf_mean_abs_delta``: mean over cases of the mean |outcome(variant) - outcome(reference variant)|,
+  the reference variant being every attribute at its declared reference value.
+- ``cf_spread``: mean over cases of max - min outcome across variants.
+- per attribute: group means of the outcome and decision rate, ``dp_gap`` (max - min decision rate),
+  ``outcome_gap`` (max - min mean outcome), the worst group (lowest mean outcome), and paired tests
+  over blocks = (case, values of the other attributes).
+CIs are 95% bootstrap CIs resampling cases, so variants of a case stay together.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+
+from .. import stats
+from ..taskcard import TaskCard
+
+INTERSECTION = "intersection"
+
+
+def _case_matrix(df: pd.DataFrame, column: str, values: list[str], value_col: str) -> np.ndarray:
+    """cases x groups matrix of per-case means of ``value_col`` (NaN where a case has no valid row)."""
+    pivot = df.pivot_table(index="case_id", columns=column, values=value_col, aggfunc="mean", dropna=False)
+    return pivot.reindex(columns=values).to_numpy(dtype=float)
+
+
+class CounterfactualAudit:
+    name = "counterfactual"
+
+    def __init__(self, card: TaskCard, seed: int = 0):
+        self.card = card
+        self.cfg = card.audit
+        self.seed = seed
+        self.attrs = list(card.counterfactual.attributes)
+        self.tests: list[stats.TestResult] = []
+        self.warnings: list[str] = []
+        self.small_groups: dict[str, list[str]] = {}
+
+    # ----- helpers -----
+    def _rng(self, *parts: str) -> np.random.Generator:
+        # One stream per metric: a metric's CI does not change when another metric is added.
+        import hashlib
+
+        digest = hashlib.sha256("|".join((str(self.seed), *parts)).encode()).digest()
+        return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+    def _ci_mean(self, per_case: np.ndarray, *key: str) -> dict:
+        per_case = per_case[~np.isnan(per_case)]
+        if len(per_case) == 0:
+            return stats.estimate(float("nan"), None, None, 0)
+        point, lo, hi = stats.bootstrap_ci(per_case, np.mean, self._rng(*key), self.cfg.n_boot)
+        return stats.estimate(point, lo, hi, len(per_case))
+
+    def _groups(self, df: pd.DataFrame, column: str, values: list[str], qid: str, binary: bool) -> dict:
+        out = {}
+        for value in values:
+            g = df[df[column] == value]
+            valid = g[g["valid"]]
+            per_case_outcome = valid.groupby("case_id")["outcome"].mean().to_numpy(dtype=float)
+            entry = {
+                "n_cases": int(valid["case_id"].nunique()),
+                "n_rows": int(len(g)),
+                "n_invalid": int((~g["valid"]).sum()),
+                "invalid_rate": stats.r6((~g["valid"]).mean() if len(g) else float("nan")),
+                "mean_outcome": self._ci_mean(per_case_outcome, qid, column, value, "outcome"),
+            }
+            if binary:
+                per_case_dec = valid.groupby("case_id")["decision"].mean().to_numpy(dtype=float)
+                entry["decision_rate"] = self._ci_mean(per_case_dec, qid, column, value, "decision")
+            entry["small"] = entry["n_cases"] < self.cfg.min_group_size
+            if entry["small"]:
+                self.small_groups.setdefault(qid, []).append(f"{column}={value} ({entry['n_cases']})")
+            out[value] = entry
+        return out
+
+    def _blocks(self, df: pd.DataFrame, attr: str, values: list[str], value_col: str) -> np.ndarray:
+        """Rows = (case, other attributes), columns = values of ``attr``; complete rows only."""
+        others = [a for a in self.attrs if a != attr]
+        valid = df[df["valid"]]
+        pivot = valid.pivot_table(index=["case_id", *others], columns=attr, values=value_col, aggfunc="mean")
+        pivot = pivot.reindex(columns=values).dropna()
+        return pivot.to_numpy(dtype=float)
+
+    def _delta_vs_reference(self, df: pd.DataFrame, attr: str, values: list[str], reference: str) -> np.ndarray:
+        """Per case: mean over blocks and non-reference values of |outcome(v) - outcome(reference)|."""
+        others = [a for a in self.attrs if a != attr]
+        valid = df[df["valid"]]
+        pivot = valid.pivot_table(index=["case_id", *others], columns=attr, values="outcome", aggfunc="mean")
+        pivot = pivot.reindex(columns=values)
+        deltas = pivot[[v for v in values if v != reference]].sub(pivot[reference], axis=0).abs()
+        per_block = deltas.mean(axis=1, skipna=True)
+        return per_block.groupby(level="case_id").mean().dropna().to_numpy(dtype=float)
+
+    def _attribute(self, df: pd.DataFrame, attr: str, qid: str, binary: bool) -> dict:
+        spec = self.card.counterfactual.attributes[attr]
+        values = spec.values
+        groups = self._groups(df, attr, values, qid, binary)
+        result: dict = {"reference": spec.reference, "groups": groups}
+        means = {v: groups[v]["mean_outcome"]["value"] for v in values if groups[v]["mean_outcome"]["value"] is not None}
+        if means:
+            result["worst_group"] = min(means, key=means.get)
+        outcome_matrix = _case_matrix(df[df["valid"]], attr, values, "outcome")
+        point, lo, hi = stats.bootstrap_ci(outcome_matrix, stats.gap, self._rng(qid, attr, "outcome_gap"), self.cfg.n_boot)
+        result["outcome_gap"] = stats.estimate(point, lo, hi, len(outcome_matrix))
+        delta = self._delta_vs_reference(df, attr, values, spec.reference)
+        result["cf_mean_abs_delta"] = self._ci_mean(delta, qid, attr, "delta")
+        target = f"{qid}/{attr}"
+        cont = stats.paired_continuous_test(self._blocks(df, attr, values, "outcome"), f"{target}/outcome")
+        self.tests.append(cont)
+        tests = [cont]
+        valid = df[df["valid"]]
+        tests.append(stats.welch_anova([valid.loc[valid[attr] == v, "outcome"].to_numpy(float) for v in values], f"{target}/outcome"))
+        if binary:
+            dec_matrix = _case_matrix(valid, attr, values, "decision")
+            point, lo, hi = stats.bootstrap_ci(dec_matrix, stats.gap, self._rng(qid, attr, "dp_gap"), self.cfg.n_boot)
+            result["dp_gap"] = stats.estimate(point, lo, hi, len(dec_matrix))
+            tests.append(stats.paired_decision_test(self._blocks(df, attr, values, "decision"), f"{target}/decision"))
+            counts = np.array([[np.sum(valid.loc[valid[attr] == v, "decision"] == d) for d in (True, False)] for v in values])
+            tests.append(stats.chi_square(counts, f"{target}/decision"))
+        self.tests.extend(t for t in tests if t is not cont)
+        result["tests"] = tests  # replaced by dicts after correction
+        return result
+
+    def _intersection(self, df: pd.DataFrame, qid: str, binary: bool) -> dict:
+        names = self.attrs
+        combos = list(itertools.product(*(self.card.counterfactual.attributes[a].values for a in names)))
+        labels = ["|".join(f"{a}={v}" for a, v in zip(names, c)) for c in combos]
+        df = df.assign(**{INTERSECTION: df[names].astype(str).agg(lambda r: "|".join(f"{a}={r[a]}" for a in names), axis=1)})
+        groups = self._groups(df, INTERSECTION, labels, qid, binary)
+        result: dict = {"groups": groups}
+        means = {k: g["mean_outcome"]["value"] for k, g in groups.items() if g["mean_outcome"]["value"] is not None}
+        if means:
+            result["worst_group"] = min(means, key=means.get)
+        valid = df[df["valid"]]
+        matrix = _case_matrix(valid, INTERSECTION, labels, "outcome")
+        point, lo, hi = stats.bootstrap_ci(matrix, stats.gap, self._rng(qid, INTERSECTION, "outcome_gap"), self.cfg.n_boot)
+        result["outcome_gap"] = stats.estimate(point, lo, hi, len(matrix))
+        blocks = valid.pivot_table(index="case_id", columns=INTERSECTION, values="outcome", aggfunc="mean").reindex(columns=labels).dropna()
+        tests = [stats.paired_continuous_test(blocks.to_numpy(float), f"{qid}/{INTERSECTION}/outcome")]
+        if binary:
+            dmatrix = _case_matrix(valid, INTERSECTION, labels, "decision")
+            point, lo, hi = stats.bootstrap_ci(dmatrix, stats.gap, self._rng(qid, INTERSECTION, "dp_gap"), self.cfg.n_boot)
+            result["dp_gap"] = stats.estimate(point, lo, hi, len(dmatrix))
+            dblocks = valid.pivot_table(index="case_id", columns=INTERSECTION, values="decision", aggfunc="mean").reindex(columns=labels).dropna()
+            tests.append(stats.paired_decision_test(dblocks.to_numpy(float), f"{qid}/{INTERSECTION}/decision"))
+        self.tests.extend(tests)
+        result["tests"] = tests
+        return result
+
+    def _question(self, df: pd.DataFrame, qid: str) -> dict:
+        question = self.card.question(qid)
+        binary = question.kind == "binary"
+        scored = question.kind in ("binary", "ordinal")
+        out: dict = {
+            "kind": question.kind,
+            "n_rows": int(len(df)),
+            "n_cases": int(df["case_id"].nunique()),
+            "n_invalid": int((~df["valid"]).sum()),
+            "invalid_rate": stats.r6((~df["valid"]).mean()),
+        }
+        if df["correct"].notna().any():
+            # Invalid answers count as wrong: utility is never flattered by unparseable output.
+            correct = df["correct"].where(df["valid"], False).astype(float)
+            per_case = df.assign(_c=correct).groupby("case_id")["_c"].mean().to_numpy(float)
+            out["accuracy"] = self._ci_mean(per_case, qid, "accuracy")
+        if not scored:
+            return out
+        valid = df[df["valid"]]
+        ref_variant = "|".join(f"{a}={self.card.counterfactual.attributes[a].reference}" for a in self.attrs)
+        by_variant = valid.pivot_table(index="case_id", columns="variant", values="outcome", aggfunc="mean")
+        if ref_variant in by_variant:
+            others = by_variant.drop(columns=[ref_variant])
+            delta = others.sub(by_variant[ref_variant], axis=0).abs().mean(axis=1, skipna=True)
+            out["cf_mean_abs_delta"] = self._ci_mean(delta.to_numpy(float), qid, "cf_delta")
+        spread = valid.groupby("case_id")["outcome"].agg(lambda s: s.max() - s.min() if len(s) > 1 else np.nan)
+        out["cf_spread"] = self._ci_mean(spread.to_numpy(float), qid, "cf_spread")
+        if binary or question.kind == "ordinal":
+            decisions = valid.groupby("case_id")["decision"].agg(lambda s: float(s.nunique() > 1) if len(s) > 1 else np.nan)
+            out["cf_flip_rate"] = self._ci_mean(decisions.to_numpy(float), qid, "cf_flip")
+        out["attributes"] = {a: self._attribute(df, a, qid, binary) for a in self.attrs}
+        if len(self.attrs) > 1:
+            out["attributes"][INTERSECTION] = self._intersection(df, qid, binary)
+        return out
+
+    def run(self, df: pd.DataFrame) -> dict:
+        questions = {}
+        for q in self.card.questions:
+            sub = df[df["question_id"] == q.id]
+            if len(sub):
+                questions[q.id] = self._question(sub, q.id)
+        for qid, groups in self.small_groups.items():
+            self.warnings.append(
+                f"{qid}: {len(groups)} group(s) have fewer than min_group_size={self.cfg.min_group_size} cases, "
+                f"so their estimates are unreliable: {', '.join(groups)}"
+            )
+        stats.correct(self.tests, self.cfg.correction, self.cfg.alpha)
+        for qres in questions.values():
+            for ares in qres.get("attributes", {}).values():
+                ares["tests"] = [t.as_dict() for t in ares["tests"]]
+        invalid_by_group = {
+            a: {str(v): stats.r6((~g["valid"]).mean()) for v, g in df.groupby(a)} for a in self.attrs
+        }
+        return {
+            "questions": questions,
+            "invalid_by_group": invalid_by_group,
+            "tests": [t.as_dict() for t in self.tests],
+            "correction": {"method": self.cfg.correction, "alpha": self.cfg.alpha, "n_tests": sum(t.p_value is not None for t in self.tests)},
+            "warnings": sorted(set(self.warnings)),
+        }

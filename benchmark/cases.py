@@ -1,0 +1,21 @@
+"""The unit a loader produces: one clinical case, with placeholders still in its text."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Case:
+    case_id: str  # stable across runs; counterfactual variants keep it
+    fields: dict[str, str]  # e.g. context (the vignette), question, reference answers
+    source: str = ""  # file (and row) it came from
+    subset: str = ""  # e.g. the Q-Pain file (acute_cancer ...)
+
+
+@dataclass
+class LoadReport:
+    """Quirks of the data that were handled, and rows that were skipped, with reasons."""
+
+    quirks: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)

@@ -1,0 +1,156 @@
+"""The ``fairbench`` command line. User errors print one line and exit with code 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import FairbenchError
+
+app = typer.Typer(add_completion=False, no_args_is_help=False, help="Fairness audits for medical AI models.")
+console = Console()
+_debug = {"on": False}
+
+ModelsFile = typer.Option(None, "--models-file", envvar="FAIRBENCH_MODELS_FILE", help="YAML merged over the built-in models.yaml.")
+TasksDir = typer.Option(None, "--tasks-dir", envvar="FAIRBENCH_TASKS_DIR", help="Extra directory of tasks/<name>/task.yaml.")
+DataDir = typer.Option(None, "--data-dir", envvar="FAIRBENCH_DATA", help="Directory with a task's official data files.")
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks.")) -> None:
+    _debug["on"] = debug
+
+
+@app.command()
+def run(
+    model: str = typer.Option("smollm2-135m", "--model", "-m", help="A name from models.yaml."),
+    task: str = typer.Option("qpain-demo", "--task", "-t", help="A task name (fairbench list tasks)."),
+    prompt_mode: Optional[str] = typer.Option(None, "--prompt-mode", help="zero_shot, few_shot, cot ... (task default)."),
+    limit: Optional[str] = typer.Option(None, "--limit", help="Use only the first N cases."),
+    seed: int = typer.Option(0, "--seed"),
+    output_dir: Path = typer.Option(Path("runs"), "--output-dir", "-o"),
+    temperature: float = typer.Option(0.0, "--temperature", help="Sampling temperature for generation modes."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or tables."),
+    models_file: Optional[Path] = ModelsFile,
+    tasks_dir: Optional[Path] = TasksDir,
+    data_dir: Optional[Path] = DataDir,
+) -> None:
+    """Audit MODEL on TASK; write manifest.json, requests.jsonl and results.json to a run directory."""
+    from .engine import RunSpec
+    from .engine import run as run_engine
+    from .report import print_results
+
+    n = None
+    if limit is not None:
+        try:
+            n = int(limit)
+        except ValueError:
+            raise FairbenchError(f"--limit must be a positive whole number of cases, got {limit!r}.") from None
+    spec = RunSpec(
+        model=model, task=task, prompt_mode=prompt_mode, seed=seed, limit=n, output_dir=output_dir,
+        models_file=models_file, tasks_dir=tasks_dir, data_dir=data_dir, temperature=temperature,
+    )
+    run_dir = run_engine(spec, quiet=quiet)
+    results = json.loads((run_dir / "results.json").read_text())
+    if quiet:
+        print(run_dir)
+    else:
+        print_results(results, run_dir, console)
+
+
+@app.command()
+def score(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `fairbench run`."),
+    tasks_dir: Optional[Path] = TasksDir,
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Recompute parsing, metrics and statistics from stored raw outputs, without any model."""
+    from .rescore import rescore
+    from .report import print_results
+
+    results = rescore(run_dir, tasks_dir)
+    if quiet:
+        print(run_dir)
+    else:
+        print_results(results, run_dir, console)
+
+
+class ListKind(str, Enum):
+    models = "models"
+    tasks = "tasks"
+    backends = "backends"
+    loaders = "loaders"
+    audits = "audits"
+    mitigations = "mitigations"
+
+
+@app.command("list")
+def list_(
+    kind: ListKind = typer.Argument(..., help="models | tasks | backends | loaders | audits | mitigations"),
+    models_file: Optional[Path] = ModelsFile,
+    tasks_dir: Optional[Path] = TasksDir,
+) -> None:
+    """Show what is registered."""
+    table = Table(show_header=True)
+    if kind == ListKind.models:
+        from .config import load_models
+
+        reg = load_models(models_file)
+        for col in ("name", "backend", "model", "source"):
+            table.add_column(col)
+        for name in reg.names():
+            s = reg.specs[name]
+            table.add_row(name, s.backend, s.model + (f" ({s.gguf_file})" if s.gguf_file else ""), str(reg.sources[name]))
+    elif kind == ListKind.tasks:
+        from .taskcard import discover, read_card
+
+        for col in ("name", "loader", "questions", "modes", "card"):
+            table.add_column(col)
+        for name, path in sorted(discover(tasks_dir).items()):
+            card = read_card(path)
+            table.add_row(name, card.loader, ", ".join(q.id for q in card.questions), ", ".join(card.prompt_modes), str(path))
+    else:
+        from .registry import describe
+
+        table.add_column("name")
+        table.add_column("provided by")
+        for name, where in describe(kind.value).items():
+            table.add_row(name, where)
+    console.print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: one-line errors with exit code 2; tracebacks only with --debug."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or bool(os.environ.get("FAIRBENCH_DEBUG"))
+    try:
+        app(args=args, standalone_mode=False, prog_name="fairbench")
+    except FairbenchError as exc:
+        if debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:
+        print("aborted", file=sys.stderr)
+        return 130
+    except click.ClickException as exc:
+        if debug:
+            raise
+        print(f"error: {exc.format_message()} (see fairbench --help)", file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
+def entry() -> None:
+    sys.exit(main())

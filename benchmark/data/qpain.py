@@ -1,0 +1,38 @@
+"""Loader for the Q-Pain CSV schema: ``Vignette,Question,Answer,Dosage,Explanation``."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from ..cases import Case, LoadReport
+from ..taskcard import TaskCard
+from .csvutil import read_csv
+
+COLUMNS = ["Vignette", "Question", "Answer"]
+
+
+def _first_word(text: str) -> str:
+    match = re.match(r"\s*([A-Za-z]+)", text or "")
+    return match.group(1).capitalize() if match else ""
+
+
+def load_qpain_csv(card: TaskCard, files: list[Path], report: LoadReport) -> list[Case]:
+    cases = []
+    for path in files:
+        df = read_csv(path, COLUMNS)
+        subset = path.stem.removeprefix("data_")
+        for i, row in df.iterrows():
+            vignette = row["Vignette"].strip()
+            if not vignette:
+                report.skipped.append(f"{path.name} row {i + 2}: empty Vignette")
+                continue
+            fields = {
+                "context": vignette,
+                "question": row["Question"].strip(),
+                "answer": _first_word(row["Answer"]),  # "Yes." -> "Yes"
+                "dosage": _first_word(row.get("Dosage", "")),  # "Low (0.5 mg)" -> "Low"
+                "explanation": row.get("Explanation", "").strip(),
+            }
+            cases.append(Case(case_id=f"{subset}:{i:02d}", fields=fields, source=f"{path.name}:{i + 2}", subset=subset))
+    return cases

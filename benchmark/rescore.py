@@ -1,0 +1,28 @@
+"""``fairbench score RUN_DIR``: re-derive scores and audits from stored raw outputs only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .errors import FairbenchError
+from .evaluate import evaluate
+from .store import RunStore, read_requests
+from .taskcard import load_task
+
+
+def rescore(run_dir: Path, tasks_dir: Path | None = None) -> dict:
+    run_dir = Path(run_dir)
+    results_path = run_dir / "results.json"
+    if not results_path.is_file():
+        raise FairbenchError(f"{results_path} not found: {run_dir} is not a finished fairbench run directory.")
+    previous = json.loads(results_path.read_text(encoding="utf-8"))
+    run_info = previous["run"]
+    card = load_task(run_info["task"], tasks_dir)
+    rows = [{k: v for k, v in row.items() if k != "scored"} for row in read_requests(run_dir)]
+    scored, results = evaluate(rows, card, run_info["seed"], run_info, previous.get("data_report", {}))
+    store = RunStore(run_dir)
+    store.write_requests(scored)
+    store.write_results(results)
+    store.cache.close()
+    return results

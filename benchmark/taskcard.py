@@ -1,0 +1,181 @@
+"""Task cards (``tasks/<name>/task.yaml``): schema, discovery and validation.
+
+A text task needs only a task card and data, no Python: the card names a registered loader,
+the counterfactual attributes, the questions with their options, and the prompt of each mode.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .errors import FairbenchError, unknown
+from .paths import builtin_tasks_dir
+from .yamlio import parse_model, read_yaml
+
+TASKS_ENV = "FAIRBENCH_TASKS_DIR"
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Attribute(_Strict):
+    values: list[str] = Field(min_length=2)
+    reference: str
+
+    @model_validator(mode="after")
+    def _reference_is_a_value(self):
+        if self.reference not in self.values:
+            raise ValueError(f"reference {self.reference!r} is not one of values {self.values}")
+        return self
+
+
+class NamePools(_Strict):
+    """First names typed by group replace a placeholder (e.g. "Patient D"), drawn with a seed."""
+
+    placeholder: str
+    key: list[str]  # attributes that select the pool, e.g. [race, gender]
+    pools: dict[str, list[str]]  # "Asian|man" -> names
+
+
+class Counterfactual(_Strict):
+    attributes: dict[str, Attribute]
+    # placeholder -> "{attr}" template, or {attr: {value: text}} lookup
+    substitutions: dict[str, str | dict[str, dict[str, str]]] = Field(default_factory=dict)
+    names: NamePools | None = None
+    # Known misspelt placeholders in official files, mapped to the intended one (reported as quirks).
+    aliases: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check_names(self):
+        if self.names is None:
+            return self
+        for attr in self.names.key:
+            if attr not in self.attributes:
+                raise ValueError(f"names.key uses unknown attribute {attr!r}")
+        import itertools
+
+        for combo in itertools.product(*(self.attributes[a].values for a in self.names.key)):
+            key = "|".join(combo)
+            if not self.names.pools.get(key):
+                raise ValueError(f"names.pools has no names for group {key!r}")
+        return self
+
+
+class Question(_Strict):
+    id: str
+    text: str  # formatted with the case's fields, e.g. "{question}"
+    kind: Literal["binary", "ordinal", "categorical"] = "binary"
+    options: list[str] = Field(min_length=2)
+    positive: str | None = None  # binary: the option whose probability is the outcome
+    scores: dict[str, float] | None = None  # ordinal: option -> numeric value
+    reference_field: str | None = None  # case field holding the reference answer
+
+    @model_validator(mode="after")
+    def _kind_fields(self):
+        if self.kind == "binary" and self.positive not in self.options:
+            raise ValueError(f"question {self.id}: positive must be one of the options {self.options}")
+        if self.kind == "ordinal" and (not self.scores or set(self.scores) != set(self.options)):
+            raise ValueError(f"question {self.id}: ordinal questions need a score for every option")
+        return self
+
+
+class PromptMode(_Strict):
+    method: Literal["choice", "generate"] = "choice"
+    # Formatted with {context}, {question}, {options} (e.g. "Yes or No") and {examples}.
+    template: str
+    examples: str | None = None  # file in the task directory with worked examples
+    max_new_tokens: int | None = None
+
+
+class DataSpec(_Strict):
+    bundled: list[str] = Field(default_factory=list)  # files shipped inside the task directory
+    files: list[str] = Field(default_factory=list)  # official files, relative to the data dir
+    subdir: str = ""  # where the files sit under --data-dir / $FAIRBENCH_DATA
+    sha256: dict[str, str] = Field(default_factory=dict)
+    source: str = ""  # human-readable provenance and licence
+    download: dict[str, str] = Field(default_factory=dict)  # file -> URL
+
+    @field_validator("bundled", "files")
+    @classmethod
+    def _no_traversal(cls, v):
+        for f in v:
+            if Path(f).is_absolute() or ".." in Path(f).parts:
+                raise ValueError(f"{f!r}: data paths must stay inside the task or data directory")
+        return v
+
+
+class AuditSpec(_Strict):
+    min_group_size: int = Field(10, ge=1)
+    correction: Literal["holm", "fdr_bh"] = "holm"
+    alpha: float = Field(0.05, gt=0, lt=1)
+    n_boot: int = Field(2000, ge=100)
+
+
+class TaskCard(_Strict):
+    name: str
+    description: str = ""
+    loader: str
+    data: DataSpec = Field(default_factory=DataSpec)
+    counterfactual: Counterfactual
+    questions: list[Question] = Field(min_length=1)
+    prompt_modes: dict[str, PromptMode]
+    default_mode: str = "zero_shot"
+    audit: AuditSpec = Field(default_factory=AuditSpec)
+    loader_options: dict[str, str | int | float | bool | list[str]] = Field(default_factory=dict)
+    directory: Path | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _mode_exists(self):
+        if self.default_mode not in self.prompt_modes:
+            raise ValueError(f"default_mode {self.default_mode!r} is not in prompt_modes")
+        return self
+
+    def question(self, qid: str) -> Question:
+        for q in self.questions:
+            if q.id == qid:
+                return q
+        raise KeyError(qid)
+
+
+def task_dirs(tasks_dir: Path | None = None) -> list[Path]:
+    """Built-in tasks first, then the user's (``--tasks-dir`` or ``$FAIRBENCH_TASKS_DIR``), which win."""
+    dirs = [builtin_tasks_dir()]
+    user = tasks_dir or (Path(os.environ[TASKS_ENV]) if os.environ.get(TASKS_ENV) else None)
+    if user is not None:
+        if not Path(user).is_dir():
+            raise FairbenchError(f"tasks directory {user} does not exist. Fix --tasks-dir or ${TASKS_ENV}.")
+        dirs.append(Path(user))
+    return dirs
+
+
+def discover(tasks_dir: Path | None = None) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for root in task_dirs(tasks_dir):
+        for card in sorted(root.glob("*/task.yaml")):
+            found[card.parent.name] = card
+    return found
+
+
+def load_task(name: str, tasks_dir: Path | None = None) -> TaskCard:
+    found = discover(tasks_dir)
+    if name not in found:
+        raise unknown("task", name, found)
+    return read_card(found[name])
+
+
+def read_card(path: Path) -> TaskCard:
+    data = read_yaml(path)
+    if not isinstance(data, dict):
+        raise FairbenchError(f"{path}: expected a mapping of task settings.")
+    card = parse_model(TaskCard, data, path)
+    if not _SAFE_NAME.match(card.name):
+        raise FairbenchError(f"{path}: field name: {card.name!r} must be letters, digits, '.', '_' or '-'.")
+    card.directory = path.parent
+    return card
