@@ -30,6 +30,8 @@ def frame(rows: list[dict], card: TaskCard) -> pd.DataFrame:
             "outcome": s["outcome"],
             "decision": s["decision"],
             "correct": s.get("correct"),
+            "probs": s.get("probs"),
+            "options": row["options"],
         }
         rec.update({a: row["attributes"][a] for a in attrs})
         records.append(rec)
@@ -55,6 +57,45 @@ def headline(audit: dict, card: TaskCard) -> dict:
     return out
 
 
+# Which corrected paired test speaks to each headline metric (None of the group means differ /
+# decisions do not depend on the demographic variant). Used for the leaderboard's significance marker.
+SIGNIFICANCE_TESTS = {"cf_flip_rate": "decision", "dp_gap": "decision", "cf_mean_abs_delta": "outcome", "worst_group": "outcome"}
+
+
+def headline_significance(audit: dict, card: TaskCard) -> dict:
+    """Per headline metric: the paired test over the headline groups (the intersection, or the only
+    attribute) with its multiplicity-adjusted p-value, so tables can mark significant metrics."""
+    primary = card.questions[0].id
+    attrs = audit["questions"].get(primary, {}).get("attributes", {})
+    key = "intersection" if "intersection" in attrs else next(iter(attrs), None)
+    by_target = {t["target"]: t for t in audit.get("tests", []) if t.get("paired")}
+    out = {}
+    for metric, kind in SIGNIFICANCE_TESTS.items():
+        t = by_target.get(f"{primary}/{key}/{kind}")
+        if t is not None:
+            out[metric] = {"test": t["test"], "target": t["target"], "p_adjusted": t["p_adjusted"], "significant": t["significant"]}
+    return out
+
+
+def invalid_rate_ci(df: pd.DataFrame, card: TaskCard, seed: int) -> dict:
+    """Invalid rate of the primary question with a 95% CI resampling cases (variants of a case are
+    not independent, so a per-request binomial interval would be too narrow)."""
+    import hashlib
+
+    import numpy as np
+
+    from .stats import bootstrap_ci, estimate
+
+    sub = df[df["question_id"] == card.questions[0].id]
+    per_case = (~sub["valid"]).groupby(sub["case_id"]).mean().to_numpy(dtype=float)
+    if len(per_case) == 0:
+        return estimate(float("nan"), None, None, 0)
+    digest = hashlib.sha256(f"{seed}|{card.questions[0].id}|invalid_rate".encode()).digest()
+    rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+    point, low, high = bootstrap_ci(per_case, np.mean, rng, card.audit.n_boot)
+    return estimate(point, low, high, len(per_case))
+
+
 def evaluate(rows: list[dict], card: TaskCard, seed: int, run_info: dict, data_report: dict) -> tuple[list[dict], dict]:
     scored = score_rows(rows, card)
     df = frame(scored, card)
@@ -63,7 +104,11 @@ def evaluate(rows: list[dict], card: TaskCard, seed: int, run_info: dict, data_r
     results = {
         "schema_version": SCHEMA_VERSION,
         "run": run_info,
-        "metrics": headline(audit, card),
+        "metrics": {
+            **headline(audit, card),
+            "significance": headline_significance(audit, card),
+            "invalid_rate_ci": invalid_rate_ci(df, card, seed),
+        },
         "counterfactual": audit,
         "data_report": data_report,
         "n_requests": len(rows),
