@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import time
@@ -24,7 +25,7 @@ from .store import RunStore
 from .taskcard import load_task
 
 # Requests per cache transaction: a kill loses at most one chunk of work.
-CHUNK = 64
+CHUNK = int(os.environ.get("FAIRBENCH_TEST_CHUNK", "64"))
 
 
 @dataclass

@@ -127,7 +127,7 @@ def paired_decision_test(blocks: np.ndarray, target: str) -> TestResult:
         table = [[np.sum(a & b), np.sum(a & ~b)], [np.sum(~a & b), np.sum(~a & ~b)]]
         res = mcnemar(table, exact=True)
         return TestResult(name, target, float(res.statistic), float(res.pvalue), True, n)
-    res = cochrans_q(blocks.astype(int), return_object=True)
+    res = cochrans_q(blocks.astype(int))
     return TestResult(name, target, float(res.statistic), float(res.pvalue), True, n)
 
 

@@ -17,8 +17,8 @@ CHAT_TEMPLATE = (
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Every test gets its own fairbench cache (derived models, hashes), except the converted-GGUF
-    cache, which is shared so the embedded model is converted once per session."""
+    """Tests never touch the user's ~/.cache/fairbench. One cache per test session, so the embedded
+    GGUF model is converted once per session."""
     cache = tmp_path_factory.getbasetemp() / "fairbench-cache"
     monkeypatch.setenv("FAIRBENCH_CACHE", str(cache))
     monkeypatch.delenv("FAIRBENCH_MODELS_FILE", raising=False)
@@ -34,7 +34,7 @@ def _train_tokenizer(out: Path, corpus: list[str]):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=400,
+        vocab_size=1000,
         special_tokens=["<unk>", "<|im_start|>", "<|im_end|>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
@@ -56,7 +56,7 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("tiny-llama")
     corpus = (ROOT / "tasks" / "qpain-demo" / "vignettes.csv").read_text().splitlines() * 3
-    corpus += ["Yes", "No", " Yes", " No", "Answer: Yes", "Answer: No", "Low", "High"]
+    corpus += ["Yes No Answer: Yes Answer: No Low High"] * 200  # so the options are single tokens
     tok = _train_tokenizer(out, corpus)
     torch.manual_seed(0)
     config = LlamaConfig(
