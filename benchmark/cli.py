@@ -39,6 +39,7 @@ def run(
     seed: int = typer.Option(0, "--seed"),
     output_dir: Path = typer.Option(Path("runs"), "--output-dir", "-o"),
     temperature: float = typer.Option(0.0, "--temperature", help="Sampling temperature for generation modes."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="I/N: compute only shard I of N of the requests (deterministic); shards share the run directory."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or tables."),
     models_file: Optional[Path] = ModelsFile,
     tasks_dir: Optional[Path] = TasksDir,
@@ -48,6 +49,7 @@ def run(
     from .engine import RunSpec
     from .engine import run as run_engine
     from .report import print_results
+    from .shard import parse_shard
 
     n = None
     if limit is not None:
@@ -58,8 +60,14 @@ def run(
     spec = RunSpec(
         model=model, task=task, prompt_mode=prompt_mode, seed=seed, limit=n, output_dir=output_dir,
         models_file=models_file, tasks_dir=tasks_dir, data_dir=data_dir, temperature=temperature,
+        shard=parse_shard(shard),
     )
     run_dir = run_engine(spec, quiet=quiet)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    if manifest.get("status") == "partial":
+        print(f"shard {shard} done; {manifest['n_missing']} requests of other shards still missing in {run_dir}. "
+              "The shard that completes the grid writes the results (or use `fairbench merge`).")
+        return
     results = json.loads((run_dir / "results.json").read_text())
     if quiet:
         print(run_dir)
@@ -82,6 +90,19 @@ def score(
         print(run_dir)
     else:
         print_results(results, run_dir, console)
+
+
+@app.command()
+def merge(
+    dest: Path = typer.Argument(..., help="The run directory to complete."),
+    sources: list[Path] = typer.Argument(..., help="Run directories of the same run written by other shards (other machines)."),
+) -> None:
+    """Copy the stored requests of shard run directories into DEST; then finish with the same
+    `fairbench run ...` command without --shard (it computes nothing already stored)."""
+    from .shard import merge_caches
+
+    for src, n in merge_caches(dest, sources).items():
+        print(f"{src}: {n} requests added")
 
 
 class ListKind(str, Enum):

@@ -21,6 +21,7 @@ from .manifest import base_manifest
 from .registry import get
 from .requests import Request, build_requests
 from .seeding import seed_everything
+from .shard import in_shard
 from .store import RunStore
 from .taskcard import load_task
 
@@ -42,6 +43,7 @@ class RunSpec:
     tasks_dir: Path | None = None
     data_dir: Path | None = None
     temperature: float = 0.0
+    shard: tuple[int, int] | None = None  # (i, n): compute only shard i of n (see shard.py)
     argv: list[str] = field(default_factory=lambda: list(sys.argv))
 
     def run_id(self, mode: str) -> str:
@@ -170,7 +172,17 @@ def run(spec: RunSpec, quiet: bool = False) -> Path:
     )
     store.write_manifest(manifest)
 
-    timing = execute(requests, keys, store, lambda: backend_cls(model_spec, seed=spec.seed, quiet=quiet), quiet)
+    mine = [(r, k) for r, k in zip(requests, keys) if in_shard(k, spec.shard)]
+    timing = execute([r for r, _ in mine], [k for _, k in mine], store, lambda: backend_cls(model_spec, seed=spec.seed, quiet=quiet), quiet)
+    if spec.shard is not None:
+        missing = len(set(keys) - store.cache.keys())
+        timing["shard"] = f"{spec.shard[0]}/{spec.shard[1]}"
+        if missing:
+            # Other shards have not finished: the shard that completes the grid writes the results.
+            manifest.update({"status": "partial", "n_missing": missing, "timing": timing})
+            store.write_manifest(manifest)
+            store.cache.close()
+            return run_dir
     rows = assemble_rows(requests, keys, store)
     run_info = {
         "model": model_spec.name,
