@@ -52,7 +52,10 @@ def parse_answer(text: str | None, options: list[str]) -> str | None:
 def score_row(row: dict, question: Question) -> dict:
     """Outcome fields for one stored request row."""
     options = row["options"]
-    if row["method"] == "choice":
+    # A serving backend that could not read every option's log-probability generated an answer
+    # instead and marked the row (extra.choice_fallback): it is parsed like a generate row.
+    fallback = bool((row.get("extra") or {}).get("choice_fallback"))
+    if row["method"] == "choice" and not fallback:
         probs = option_probabilities(row.get("option_logprobs") or [])
         answer = options[max(range(len(options)), key=lambda i: probs[i])] if probs else None
     else:
