@@ -11,6 +11,9 @@ class Case:
     fields: dict[str, str]  # e.g. context (the vignette), question, reference answers
     source: str = ""  # file (and row) it came from
     subset: str = ""  # e.g. the Q-Pain file (acute_cancer ...)
+    # Pre-expanded data only: this row's raw demographic values (file column -> value), mapped to
+    # canonical values by the card's counterfactual.pre_expanded. Rows of one case share case_id.
+    attributes: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

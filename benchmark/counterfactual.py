@@ -16,7 +16,8 @@ from .cases import Case, LoadReport
 from .errors import FairbenchError
 from .taskcard import Counterfactual
 
-PLACEHOLDER = re.compile(r"\[[A-Za-z_]+\]")
+# Placeholder styles of the official files: "[race]" (Q-Pain) and "@Race" (Healer cases).
+PLACEHOLDER = re.compile(r"\[[A-Za-z_]+\]|(?<![\w@.])@[A-Za-z]+\b")
 
 
 @dataclass(frozen=True)
@@ -34,9 +35,36 @@ def variant_id(attributes: dict[str, str]) -> str:
     return "|".join(f"{k}={v}" for k, v in attributes.items())
 
 
-def attribute_grid(cf: Counterfactual) -> list[dict[str, str]]:
-    names = list(cf.attributes)
+def attribute_grid(cf: Counterfactual, skip: frozenset[str] | set[str] = frozenset()) -> list[dict[str, str]]:
+    names = [n for n in cf.attributes if n not in skip]
     return [dict(zip(names, combo)) for combo in itertools.product(*(cf.attributes[n].values for n in names))]
+
+
+def leftover_placeholders(text: str, cf: Counterfactual) -> list[str]:
+    """Placeholders still in ``text``: the generic styles plus any key the card declares."""
+    found = set(PLACEHOLDER.findall(text))
+    found |= {p for p in (*cf.substitutions, *cf.aliases) if p in text}
+    return sorted(found)
+
+
+def _canonical(case: Case, cf: Counterfactual) -> dict[str, str]:
+    """Map a pre-expanded row's raw demographic values to the card's canonical values."""
+    out = {}
+    for attr, spec in cf.pre_expanded.items():
+        column = spec.column or attr
+        if column not in case.attributes:
+            raise FairbenchError(
+                f"{case.source}: no value for column {column!r}, which counterfactual.pre_expanded.{attr} reads. "
+                f"Fix pre_expanded.{attr}.column in the task card."
+            )
+        raw = case.attributes[column]
+        if raw not in spec.values:
+            raise FairbenchError(
+                f"{case.source}: {column}={raw!r} is not mapped. Add it to counterfactual.pre_expanded.{attr}.values "
+                f"in the task card (known: {', '.join(spec.values)})."
+            )
+        out[attr] = spec.values[raw]
+    return out
 
 
 def _draw_name(cf: Counterfactual, case_id: str, attrs: dict[str, str], seed: int) -> str:
@@ -73,16 +101,38 @@ def expand(cases: list[Case], cf: Counterfactual, seed: int, report: LoadReport 
                             f"{case.source}: field {field_name} has {alias}; read as {cf.aliases[alias]}"
                         )
     variants = []
+    seen: dict[tuple[str, str], str] = {}
+    fixed = set(cf.pre_expanded)
+    order = list(cf.attributes)
     for case in cases:
-        for attrs in attribute_grid(cf):
+        given = _canonical(case, cf) if fixed else {}
+        for free in attribute_grid(cf, fixed):
+            attrs = {a: (given[a] if a in given else free[a]) for a in order}
             name = _draw_name(cf, case.case_id, attrs, seed) if cf.names else None
             fields = {k: fill(v, cf, attrs, name) for k, v in case.fields.items()}
             for field_name, text in fields.items():
-                left = PLACEHOLDER.findall(text)
+                left = leftover_placeholders(text, cf)
                 if left:
                     raise FairbenchError(
-                        f"{case.source}: field {field_name} keeps placeholder(s) {', '.join(sorted(set(left)))} "
+                        f"{case.source}: field {field_name} keeps placeholder(s) {', '.join(left)} "
                         f"after substitution. Add them to counterfactual.substitutions or aliases in the task card."
                     )
+            key = (case.case_id, variant_id(attrs))
+            if key in seen:
+                raise FairbenchError(
+                    f"{case.source}: case {case.case_id} has variant {key[1]} twice (also {seen[key]}). "
+                    f"Check counterfactual.pre_expanded in the task card: two raw values map to one group."
+                )
+            seen[key] = case.source
             variants.append(Variant(case=case, attributes=attrs, fields=fields))
+    if fixed and report is not None:
+        expected = len(attribute_grid(cf))
+        counts: dict[str, int] = {}
+        for v in variants:
+            counts[v.case.case_id] = counts.get(v.case.case_id, 0) + 1
+        for cid, n in counts.items():
+            if n < expected:
+                report.quirks.append(
+                    f"case {cid}: {n} of {expected} demographic variants in the data; paired tests use complete blocks only"
+                )
     return variants

@@ -17,6 +17,11 @@ def _ci(est: dict | None, pct: bool = False) -> str:
     return f"{v:.3g}{unit} [{est['ci_low'] * scale:.3g}, {est['ci_high'] * scale:.3g}]"
 
 
+def _probs(probs: dict | None) -> str:
+    """Multiple choice: the mean probability of each option label."""
+    return " ".join(f"{k}:{v:.2f}" for k, v in (probs or {}).items() if v is not None) or "-"
+
+
 def _p(test: dict) -> str:
     if test.get("p_value") is None:
         return "-"
@@ -36,7 +41,8 @@ def print_results(results: dict, run_dir, console: Console | None = None) -> Non
         for attr, ares in q.get("attributes", {}).items():
             for group, g in ares["groups"].items():
                 table.add_row(
-                    attr, group, str(g["n_cases"]), _ci(g["mean_outcome"]), _ci(g.get("decision_rate")),
+                    attr, escape(group), str(g["n_cases"]), _ci(g.get("mean_outcome")) if "mean_outcome" in g else _probs(g.get("option_probs")),
+                    _ci(g.get("decision_rate")),
                     f"{g['n_invalid']}/{g['n_rows']}",
                 )
             table.add_section()
@@ -44,10 +50,13 @@ def print_results(results: dict, run_dir, console: Console | None = None) -> Non
         summary = Table(title=f"question '{qid}': counterfactual metrics", title_justify="left")
         summary.add_column("metric")
         summary.add_column("value [95% CI]", justify="right")
-        for name in ("accuracy", "cf_flip_rate", "cf_mean_abs_delta", "cf_spread"):
+        for name in ("accuracy", "cf_flip_rate", "cf_mean_abs_delta", "cf_mean_tvd", "cf_spread"):
             if name in q:
                 summary.add_row(name, _ci(q[name]))
         summary.add_row("invalid_rate", f"{q['invalid_rate']:.3g} ({q['n_invalid']}/{q['n_rows']})")
+        for attr, ares in q.get("attributes", {}).items():
+            for value, est in (ares.get("delta_vs_reference") or {}).items():
+                summary.add_row(escape(f"delta[{attr}={value} - {ares['reference']}]"), _ci(est))
         for attr, ares in q.get("attributes", {}).items():
             if "dp_gap" in ares:
                 summary.add_row(escape(f"dp_gap[{attr}]"), _ci(ares["dp_gap"]))
@@ -58,7 +67,7 @@ def print_results(results: dict, run_dir, console: Console | None = None) -> Non
         for attr, ares in q.get("attributes", {}).items():
             for t in ares["tests"]:
                 stat = "-" if t["statistic"] is None else f"{t['statistic']:.3g}"
-                tests.add_row(t["target"], t["test"], "yes" if t["paired"] else "no", str(t["n"]), stat, _p(t))
+                tests.add_row(escape(t["target"]), t["test"], "yes" if t["paired"] else "no", str(t["n"]), stat, _p(t))
         console.print(tests)
     for w in audit["warnings"] + [f"data: {x}" for x in results["data_report"]["quirks"]]:
         console.print(f"[yellow]warning:[/yellow] {w}")

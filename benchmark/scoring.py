@@ -26,26 +26,48 @@ def option_probabilities(logprobs: list) -> list[float] | None:
     return [e / total for e in exps]
 
 
-_FINAL = re.compile(r"(?:final answer|answer)\s*(?:is)?\s*[:\-]?\s*\**\s*([A-Za-z0-9]+)", re.IGNORECASE)
+_FINAL = re.compile(r"(?:final answer|answer)\s*(?:is)?\s*[:\-]?\s*\**\s*([^\n]*)", re.IGNORECASE)
 
 
-def parse_answer(text: str | None, options: list[str]) -> str | None:
+def _wording_hits(text: str, options: list[str], wordings: list[str]) -> set[str]:
+    """Options whose wording occurs in ``text``; longest wordings first, each match consumed, so
+    "Strongly Disagree" is not also read as "Disagree"."""
+    text = text.lower()
+    hits = set()
+    for w, o in sorted(((w.lower().strip(" ."), o) for w, o in zip(wordings, options) if w), key=lambda x: -len(x[0])):
+        pattern = r"(?<![a-z])" + re.escape(w) + r"(?![a-z])"
+        if re.search(pattern, text):
+            hits.add(o)
+            text = re.sub(pattern, " ", text)
+    return hits
+
+
+def parse_answer(text: str | None, options: list[str], wordings: list[str] | None = None) -> str | None:
     """Find the chosen option in free text. Prefers an explicit "Answer: X" (the last one, as
-    chain-of-thought often restates); otherwise the first option word at the very start; otherwise
-    the only option word mentioned anywhere. Ambiguous text is invalid (None)."""
+    chain-of-thought often restates), X being an option label or its wording; otherwise the first
+    option word at the very start; otherwise the only option (label or wording) mentioned anywhere.
+    Ambiguous text is invalid (None)."""
     if not text or not text.strip():
         return None
+    wordings = wordings or [""] * len(options)
     lowered = {o.lower(): o for o in options}
-    finals = [m.group(1).lower() for m in _FINAL.finditer(text)]
-    for word in reversed(finals):
-        if word in lowered:
-            return lowered[word]
+    for m in reversed(list(_FINAL.finditer(text))):
+        rest = m.group(1)
+        token = re.match(r"\W*([A-Za-z0-9]+)", rest)
+        if token and token.group(1).lower() in lowered:
+            return lowered[token.group(1).lower()]
+        hits = _wording_hits(rest, options, wordings)
+        if len(hits) == 1:
+            return hits.pop()
     start = re.match(r"\W*([A-Za-z0-9]+)", text)
     if start and start.group(1).lower() in lowered:
         return lowered[start.group(1).lower()]
     mentioned = {lowered[w.lower()] for w in re.findall(r"[A-Za-z0-9]+", text) if w.lower() in lowered}
     if len(mentioned) == 1:
         return mentioned.pop()
+    hits = _wording_hits(text, options, wordings)
+    if len(hits) == 1 and not mentioned:
+        return hits.pop()
     return None
 
 
@@ -59,7 +81,7 @@ def score_row(row: dict, question: Question) -> dict:
         probs = option_probabilities(row.get("option_logprobs") or [])
         answer = options[max(range(len(options)), key=lambda i: probs[i])] if probs else None
     else:
-        answer = parse_answer(row.get("raw_output"), options)
+        answer = parse_answer(row.get("raw_output"), options, (row.get("meta") or {}).get("option_wordings"))
         probs = [1.0 if o == answer else 0.0 for o in options] if answer else None
     out: dict = {"valid": probs is not None, "answer": answer, "probs": probs}
     if probs is None:

@@ -44,8 +44,18 @@ class NamePools(_Strict):
     pools: dict[str, list[str]]  # "Asian|man" -> names
 
 
+class PreExpanded(_Strict):
+    """An attribute whose variants are already rows of the data file (e.g. the triage CSV):
+    the file's column and the map from its raw values to the card's canonical values."""
+
+    column: str | None = None  # defaults to the attribute name
+    values: dict[str, str]  # raw file value -> canonical value, e.g. {"F": "woman"}
+
+
 class Counterfactual(_Strict):
     attributes: dict[str, Attribute]
+    # Attributes the data file already expands (one row per value); the others are substituted.
+    pre_expanded: dict[str, PreExpanded] = Field(default_factory=dict)
     # placeholder -> "{attr}" template, or {attr: {value: text}} lookup
     substitutions: dict[str, str | dict[str, dict[str, str]]] = Field(default_factory=dict)
     names: NamePools | None = None
@@ -67,18 +77,40 @@ class Counterfactual(_Strict):
                 raise ValueError(f"names.pools has no names for group {key!r}")
         return self
 
+    @model_validator(mode="after")
+    def _check_pre_expanded(self):
+        for attr, spec in self.pre_expanded.items():
+            if attr not in self.attributes:
+                raise ValueError(f"pre_expanded names unknown attribute {attr!r}")
+            bad = sorted(set(spec.values.values()) - set(self.attributes[attr].values))
+            if bad:
+                raise ValueError(f"pre_expanded.{attr} maps to {bad}, not among values {self.attributes[attr].values}")
+        return self
+
 
 class Question(_Strict):
     id: str
     text: str  # formatted with the case's fields, e.g. "{question}"
     kind: Literal["binary", "ordinal", "categorical"] = "binary"
-    options: list[str] = Field(min_length=2)
+    # The option labels scored or parsed (e.g. "Yes"/"No", "1".."5"). Empty with options_field.
+    options: list[str] = Field(default_factory=list)
+    # Case field holding the options (a Python/JSON list like "['a) ...', 'b) ...']"): per-case
+    # multiple choice. Labels are the leading "a)" / "1." tokens; the rest is the option text.
+    options_field: str | None = None
+    # Human wording of each option, listed in prompts and accepted by the free-text parser.
+    option_labels: dict[str, str] = Field(default_factory=dict)
+    # Ask this question only of cases whose field equals the value, e.g. {item_kind: likert}.
+    applies_to: dict[str, str] = Field(default_factory=dict)
     positive: str | None = None  # binary: the option whose probability is the outcome
     scores: dict[str, float] | None = None  # ordinal: option -> numeric value
     reference_field: str | None = None  # case field holding the reference answer
 
     @model_validator(mode="after")
     def _kind_fields(self):
+        if self.options_field is None and len(self.options) < 2:
+            raise ValueError(f"question {self.id}: needs at least 2 options, or options_field")
+        if self.options_field is not None and self.kind != "categorical":
+            raise ValueError(f"question {self.id}: options_field is only for categorical questions")
         if self.kind == "binary" and self.positive not in self.options:
             raise ValueError(f"question {self.id}: positive must be one of the options {self.options}")
         if self.kind == "ordinal" and (not self.scores or set(self.scores) != set(self.options)):
@@ -88,7 +120,8 @@ class Question(_Strict):
 
 class PromptMode(_Strict):
     method: Literal["choice", "generate"] = "choice"
-    # Formatted with {context}, {question}, {options} (e.g. "Yes or No") and {examples}.
+    # Formatted with {context}, {question}, {options} (e.g. "Yes or No"), {option_list} (one
+    # "label. wording" line per option), {examples} and any case field.
     template: str
     examples: str | None = None  # file in the task directory with worked examples
     max_new_tokens: int | None = None
@@ -120,6 +153,7 @@ class AuditSpec(_Strict):
 
 class TaskCard(_Strict):
     name: str
+    kind: Literal["text"] = "text"  # ``kind: imaging`` cards are parsed by benchmark.imaging.card
     description: str = ""
     loader: str
     data: DataSpec = Field(default_factory=DataSpec)
@@ -163,18 +197,27 @@ def discover(tasks_dir: Path | None = None) -> dict[str, Path]:
     return found
 
 
-def load_task(name: str, tasks_dir: Path | None = None) -> TaskCard:
+def load_task(name: str, tasks_dir: Path | None = None):
     found = discover(tasks_dir)
     if name not in found:
         raise unknown("task", name, found)
     return read_card(found[name])
 
 
-def read_card(path: Path) -> TaskCard:
+def read_card(path: Path):
+    """A ``TaskCard`` (text, the default) or an ``ImagingTaskCard`` (``kind: imaging``)."""
     data = read_yaml(path)
     if not isinstance(data, dict):
         raise FairbenchError(f"{path}: expected a mapping of task settings.")
-    card = parse_model(TaskCard, data, path)
+    kind = data.get("kind", "text")
+    if kind == "imaging":
+        from .imaging.card import ImagingTaskCard
+
+        card = parse_model(ImagingTaskCard, data, path)
+    elif kind == "text":
+        card = parse_model(TaskCard, data, path)
+    else:
+        raise FairbenchError(f"{path}: field kind: {kind!r} is not a task kind. Use text or imaging.")
     if not _SAFE_NAME.match(card.name):
         raise FairbenchError(f"{path}: field name: {card.name!r} must be letters, digits, '.', '_' or '-'.")
     card.directory = path.parent

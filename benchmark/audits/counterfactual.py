@@ -36,8 +36,9 @@ def _case_matrix(df: pd.DataFrame, column: str, values: list[str], value_col: st
 class CounterfactualAudit:
     name = "counterfactual"
 
-    def __init__(self, card: TaskCard, seed: int = 0):
+    def __init__(self, card: TaskCard, seed: int = 0, with_ci: bool = True):
         self.card = card
+        self.with_ci = with_ci  # False: point estimates and tests only (fast, for simulations)
         self.cfg = card.audit
         self.seed = seed
         self.attrs = list(card.counterfactual.attributes)
@@ -53,14 +54,20 @@ class CounterfactualAudit:
         digest = hashlib.sha256("|".join((str(self.seed), *parts)).encode()).digest()
         return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
+    def _boot(self, data: np.ndarray, statistic, *key: str) -> tuple[float, float | None, float | None]:
+        if not self.with_ci:
+            return float(statistic(np.asarray(data, dtype=float))), None, None
+        return stats.bootstrap_ci(data, statistic, self._rng(*key), self.cfg.n_boot)
+
     def _ci_mean(self, per_case: np.ndarray, *key: str) -> dict:
         per_case = per_case[~np.isnan(per_case)]
         if len(per_case) == 0:
             return stats.estimate(float("nan"), None, None, 0)
-        point, lo, hi = stats.bootstrap_ci(per_case, np.mean, self._rng(*key), self.cfg.n_boot)
+        point, lo, hi = self._boot(per_case, np.mean, *key)
         return stats.estimate(point, lo, hi, len(per_case))
 
-    def _groups(self, df: pd.DataFrame, column: str, values: list[str], qid: str, binary: bool) -> dict:
+    def _groups(self, df: pd.DataFrame, column: str, values: list[str], qid: str, binary: bool,
+                options: list[str] | None = None) -> dict:
         out = {}
         for value in values:
             g = df[df[column] == value]
@@ -76,6 +83,12 @@ class CounterfactualAudit:
             if binary:
                 per_case_dec = valid.groupby("case_id")["decision"].mean().to_numpy(dtype=float)
                 entry["decision_rate"] = self._ci_mean(per_case_dec, qid, column, value, "decision")
+            if options and len(valid):
+                # Ordinal: the mean probability of each level (the Likert distribution) and how
+                # often each level is the argmax answer.
+                probs = np.vstack(valid["probs"].to_numpy())
+                entry["distribution"] = {o: stats.r6(p) for o, p in zip(options, probs.mean(axis=0))}
+                entry["answer_counts"] = {o: int((valid["decision"] == o).sum()) for o in options}
             entry["small"] = entry["n_cases"] < self.cfg.min_group_size
             if entry["small"]:
                 self.small_groups.setdefault(qid, []).append(f"{column}={value} ({entry['n_cases']})")
@@ -100,19 +113,34 @@ class CounterfactualAudit:
         per_block = deltas.mean(axis=1, skipna=True)
         return per_block.groupby(level="case_id").mean().dropna().to_numpy(dtype=float)
 
-    def _attribute(self, df: pd.DataFrame, attr: str, qid: str, binary: bool) -> dict:
+    def _signed_delta(self, df: pd.DataFrame, attr: str, value: str, reference: str) -> np.ndarray:
+        others = [a for a in self.attrs if a != attr]
+        valid = df[df["valid"]]
+        pivot = valid.pivot_table(index=["case_id", *others], columns=attr, values="outcome", aggfunc="mean")
+        if value not in pivot or reference not in pivot:
+            return np.array([])
+        diff = (pivot[value] - pivot[reference]).dropna()
+        return diff.groupby(level="case_id").mean().to_numpy(dtype=float)
+
+    def _attribute(self, df: pd.DataFrame, attr: str, qid: str, binary: bool, options: list[str] | None = None) -> dict:
         spec = self.card.counterfactual.attributes[attr]
         values = spec.values
-        groups = self._groups(df, attr, values, qid, binary)
+        groups = self._groups(df, attr, values, qid, binary, options)
         result: dict = {"reference": spec.reference, "groups": groups}
         means = {v: groups[v]["mean_outcome"]["value"] for v in values if groups[v]["mean_outcome"]["value"] is not None}
         if means:
             result["worst_group"] = min(means, key=means.get)
         outcome_matrix = _case_matrix(df[df["valid"]], attr, values, "outcome")
-        point, lo, hi = stats.bootstrap_ci(outcome_matrix, stats.gap, self._rng(qid, attr, "outcome_gap"), self.cfg.n_boot)
+        point, lo, hi = self._boot(outcome_matrix, stats.gap, qid, attr, "outcome_gap")
         result["outcome_gap"] = stats.estimate(point, lo, hi, len(outcome_matrix))
         delta = self._delta_vs_reference(df, attr, values, spec.reference)
         result["cf_mean_abs_delta"] = self._ci_mean(delta, qid, attr, "delta")
+        # Signed paired effect of each value against the reference: mean over cases of
+        # outcome(value) - outcome(reference), other attributes held fixed.
+        result["delta_vs_reference"] = {
+            v: self._ci_mean(self._signed_delta(df, attr, v, spec.reference), qid, attr, v, "signed_delta")
+            for v in values if v != spec.reference
+        }
         target = f"{qid}/{attr}"
         cont = stats.paired_continuous_test(self._blocks(df, attr, values, "outcome"), f"{target}/outcome")
         self.tests.append(cont)
@@ -121,7 +149,7 @@ class CounterfactualAudit:
         tests.append(stats.welch_anova([valid.loc[valid[attr] == v, "outcome"].to_numpy(float) for v in values], f"{target}/outcome"))
         if binary:
             dec_matrix = _case_matrix(valid, attr, values, "decision")
-            point, lo, hi = stats.bootstrap_ci(dec_matrix, stats.gap, self._rng(qid, attr, "dp_gap"), self.cfg.n_boot)
+            point, lo, hi = self._boot(dec_matrix, stats.gap, qid, attr, "dp_gap")
             result["dp_gap"] = stats.estimate(point, lo, hi, len(dec_matrix))
             tests.append(stats.paired_decision_test(self._blocks(df, attr, values, "decision"), f"{target}/decision"))
             counts = np.array([[np.sum(valid.loc[valid[attr] == v, "decision"] == d) for d in (True, False)] for v in values])
@@ -130,25 +158,25 @@ class CounterfactualAudit:
         result["tests"] = tests  # replaced by dicts after correction
         return result
 
-    def _intersection(self, df: pd.DataFrame, qid: str, binary: bool) -> dict:
+    def _intersection(self, df: pd.DataFrame, qid: str, binary: bool, options: list[str] | None = None) -> dict:
         names = self.attrs
         combos = list(itertools.product(*(self.card.counterfactual.attributes[a].values for a in names)))
         labels = ["|".join(f"{a}={v}" for a, v in zip(names, c)) for c in combos]
         df = df.assign(**{INTERSECTION: df[names].astype(str).agg(lambda r: "|".join(f"{a}={r[a]}" for a in names), axis=1)})
-        groups = self._groups(df, INTERSECTION, labels, qid, binary)
+        groups = self._groups(df, INTERSECTION, labels, qid, binary, options)
         result: dict = {"groups": groups}
         means = {k: g["mean_outcome"]["value"] for k, g in groups.items() if g["mean_outcome"]["value"] is not None}
         if means:
             result["worst_group"] = min(means, key=means.get)
         valid = df[df["valid"]]
         matrix = _case_matrix(valid, INTERSECTION, labels, "outcome")
-        point, lo, hi = stats.bootstrap_ci(matrix, stats.gap, self._rng(qid, INTERSECTION, "outcome_gap"), self.cfg.n_boot)
+        point, lo, hi = self._boot(matrix, stats.gap, qid, INTERSECTION, "outcome_gap")
         result["outcome_gap"] = stats.estimate(point, lo, hi, len(matrix))
         blocks = valid.pivot_table(index="case_id", columns=INTERSECTION, values="outcome", aggfunc="mean").reindex(columns=labels).dropna()
         tests = [stats.paired_continuous_test(blocks.to_numpy(float), f"{qid}/{INTERSECTION}/outcome")]
         if binary:
             dmatrix = _case_matrix(valid, INTERSECTION, labels, "decision")
-            point, lo, hi = stats.bootstrap_ci(dmatrix, stats.gap, self._rng(qid, INTERSECTION, "dp_gap"), self.cfg.n_boot)
+            point, lo, hi = self._boot(dmatrix, stats.gap, qid, INTERSECTION, "dp_gap")
             result["dp_gap"] = stats.estimate(point, lo, hi, len(dmatrix))
             dblocks = valid.pivot_table(index="case_id", columns=INTERSECTION, values="decision", aggfunc="mean").reindex(columns=labels).dropna()
             tests.append(stats.paired_decision_test(dblocks.to_numpy(float), f"{qid}/{INTERSECTION}/decision"))
@@ -172,7 +200,8 @@ class CounterfactualAudit:
             correct = df["correct"].where(df["valid"], False).astype(float)
             per_case = df.assign(_c=correct).groupby("case_id")["_c"].mean().to_numpy(float)
             out["accuracy"] = self._ci_mean(per_case, qid, "accuracy")
-        if not scored:
+        if question.kind == "categorical":
+            out.update(self._categorical(df, qid))
             return out
         valid = df[df["valid"]]
         ref_variant = "|".join(f"{a}={self.card.counterfactual.attributes[a].reference}" for a in self.attrs)
@@ -186,9 +215,79 @@ class CounterfactualAudit:
         if binary or question.kind == "ordinal":
             decisions = valid.groupby("case_id")["decision"].agg(lambda s: float(s.nunique() > 1) if len(s) > 1 else np.nan)
             out["cf_flip_rate"] = self._ci_mean(decisions.to_numpy(float), qid, "cf_flip")
-        out["attributes"] = {a: self._attribute(df, a, qid, binary) for a in self.attrs}
+        options = list(question.options) if question.kind == "ordinal" else None
+        out["attributes"] = {a: self._attribute(df, a, qid, binary, options) for a in self.attrs}
         if len(self.attrs) > 1:
-            out["attributes"][INTERSECTION] = self._intersection(df, qid, binary)
+            out["attributes"][INTERSECTION] = self._intersection(df, qid, binary, options)
+        return out
+
+    # ----- multiple choice with per-case options -----
+    def _categorical(self, df: pd.DataFrame, qid: str) -> dict:
+        """Options differ between items, so every statistic is per option label (over the items
+        offering it) or distribution-free: the argmax flip rate and the total-variation distance
+        of each variant's option distribution from the reference variant's."""
+        valid = df[df["valid"]]
+        out: dict = {}
+        flips = valid.groupby("case_id")["decision"].agg(lambda s: float(s.nunique() > 1) if len(s) > 1 else np.nan)
+        out["cf_flip_rate"] = self._ci_mean(flips.to_numpy(float), qid, "cf_flip")
+        ref_variant = "|".join(f"{a}={self.card.counterfactual.attributes[a].reference}" for a in self.attrs)
+        tvd = []
+        for _, g in valid.groupby("case_id"):
+            ref = g[g["variant"] == ref_variant]
+            if ref.empty or len(g) < 2:
+                continue
+            p_ref = np.asarray(ref["probs"].iloc[0], dtype=float)
+            others = [0.5 * np.abs(np.asarray(p, dtype=float) - p_ref).sum() for p in g.loc[g["variant"] != ref_variant, "probs"]]
+            tvd.append(np.mean(others) if others else np.nan)
+        out["cf_mean_tvd"] = self._ci_mean(np.asarray(tvd, dtype=float), qid, "cf_tvd")
+        # Long format: one row per (request, option label) with outcome = P(label).
+        long = valid.assign(_pairs=[list(zip(o, p)) for o, p in zip(valid["options"], valid["probs"])]).explode("_pairs")
+        long = long.assign(label=long["_pairs"].str[0], outcome=long["_pairs"].str[1].astype(float)).drop(columns="_pairs")
+        labels = list(dict.fromkeys(long["label"]))
+        names = self.attrs + ([INTERSECTION] if len(self.attrs) > 1 else [])
+        if len(self.attrs) > 1:
+            inter = lambda d: d[self.attrs].astype(str).agg(lambda r: "|".join(f"{a}={r[a]}" for a in self.attrs), axis=1)  # noqa: E731
+            df = df.assign(**{INTERSECTION: inter(df)})
+            long = long.assign(**{INTERSECTION: inter(long)})
+            valid = df[df["valid"]]
+        attributes = {}
+        for name in names:
+            if name == INTERSECTION:
+                values = ["|".join(f"{a}={v}" for a, v in zip(self.attrs, c))
+                          for c in itertools.product(*(self.card.counterfactual.attributes[a].values for a in self.attrs))]
+            else:
+                values = self.card.counterfactual.attributes[name].values
+            groups = {}
+            for value in values:
+                g = df[df[name] == value]
+                gv = g[g["valid"]]
+                lg = long[long[name] == value]
+                entry = {
+                    "n_cases": int(gv["case_id"].nunique()),
+                    "n_rows": int(len(g)),
+                    "n_invalid": int((~g["valid"]).sum()),
+                    "invalid_rate": stats.r6((~g["valid"]).mean() if len(g) else float("nan")),
+                    "option_probs": {lab: stats.r6(lg.loc[lg["label"] == lab, "outcome"].mean()) for lab in labels},
+                    "answer_counts": {lab: int((gv["decision"] == lab).sum()) for lab in labels},
+                }
+                entry["small"] = entry["n_cases"] < self.cfg.min_group_size
+                if entry["small"]:
+                    self.small_groups.setdefault(qid, []).append(f"{name}={value} ({entry['n_cases']})")
+                groups[value] = entry
+            tests = []
+            counts = np.array([[groups[v]["answer_counts"][lab] for lab in labels] for v in values])
+            tests.append(stats.chi_square(counts, f"{qid}/{name}/answer"))
+            for lab in labels:
+                sub = long[long["label"] == lab].assign(valid=True)
+                if name == INTERSECTION:
+                    blocks = sub.pivot_table(index="case_id", columns=name, values="outcome", aggfunc="mean").reindex(columns=values).dropna()
+                    blocks = blocks.to_numpy(float)
+                else:
+                    blocks = self._blocks(sub, name, values, "outcome")
+                tests.append(stats.paired_continuous_test(blocks, f"{qid}/{name}/p[{lab}]"))
+            self.tests.extend(tests)
+            attributes[name] = {"groups": groups, "tests": tests}
+        out["attributes"] = attributes
         return out
 
     def run(self, df: pd.DataFrame) -> dict:

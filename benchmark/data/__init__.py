@@ -21,6 +21,11 @@ def data_files(card: TaskCard, data_dir: Path | None = None) -> list[Path]:
     if card.data.files:
         root = data_dir or (Path(os.environ[DATA_ENV]) if os.environ.get(DATA_ENV) else None)
         if root is None:
+            from .download import default_data_root
+
+            fetched = default_data_root() / card.data.subdir
+            root = fetched if all((fetched / f).is_file() for f in card.data.files) else None
+        if root is None:
             raise FairbenchError(
                 f"task {card.name} needs its official data files ({', '.join(card.data.files)}). "
                 f"Run `fairbench data download {card.name}`, or pass --data-dir DIR "
@@ -45,11 +50,24 @@ def data_files(card: TaskCard, data_dir: Path | None = None) -> list[Path]:
 def load_cases(card: TaskCard, data_dir: Path | None = None) -> tuple[list[Case], LoadReport, list[Path]]:
     files = data_files(card, data_dir)
     report = LoadReport()
+    if card.data.sha256:
+        from ..hashing import sha256_file
+
+        official = files[len(files) - len(card.data.files):] if card.data.files else []
+        for name, path in zip(card.data.files, official):
+            want = card.data.sha256.get(name)
+            if want and sha256_file(path) != want.lower():
+                report.quirks.append(f"{name}: SHA-256 differs from the pinned official file; results may not be comparable")
     loader = get("loaders", card.loader)
     cases = loader(card, files, report)
     if not cases:
         raise FairbenchError(f"task {card.name}: the data files hold no cases ({', '.join(map(str, files))}).")
-    ids = [c.case_id for c in cases]
+    # Pre-expanded data has one row per (case, demographic); the pair must be unique.
+    ids = [(c.case_id, tuple(sorted(c.attributes.items()))) for c in cases]
     if len(set(ids)) != len(ids):
-        raise FairbenchError(f"task {card.name}: duplicate case ids in the data; each case needs a unique id.")
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise FairbenchError(
+            f"task {card.name}: duplicate case id {dup[0]!r}{' with ' + str(dict(dup[1])) if dup[1] else ''} in the data; "
+            f"each case (and demographic row) needs a unique id."
+        )
     return cases, report, files

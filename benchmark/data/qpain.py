@@ -1,4 +1,10 @@
-"""Loader for the Q-Pain CSV schema: ``Vignette,Question,Answer,Dosage,Explanation``."""
+"""Loader for the Q-Pain CSV schema: ``Vignette,Question,Answer,Dosage,Explanation``.
+
+Q-Pain 1.0.0 has 5 files of 11 rows: 10 "Patient D" vignettes with ``[race] [gender]``
+placeholders (the cases) and one "Patient B" vignette without demographics per file (its "closed
+prompt", a worked example answered "No"). With ``loader_options.require_text: "Patient D"`` the
+closed prompts are skipped and reported, not audited: they have no demographic variants.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ def _first_word(text: str) -> str:
 
 
 def load_qpain_csv(card: TaskCard, files: list[Path], report: LoadReport) -> list[Case]:
+    require = str(card.loader_options.get("require_text", "") or "")
     cases = []
     for path in files:
         df = read_csv(path, COLUMNS)
@@ -26,6 +33,12 @@ def load_qpain_csv(card: TaskCard, files: list[Path], report: LoadReport) -> lis
             vignette = row["Vignette"].strip()
             if not vignette:
                 report.skipped.append(f"{path.name} row {i + 2}: empty Vignette")
+                continue
+            if require and require not in vignette:
+                report.skipped.append(
+                    f"{path.name} row {i + 2}: no {require!r} (a closed-prompt example without demographics, answer "
+                    f"{_first_word(row['Answer']) or '?'}); not a counterfactual case"
+                )
                 continue
             fields = {
                 "context": vignette,
