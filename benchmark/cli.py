@@ -149,6 +149,26 @@ def list_(
     console.print(table)
 
 
+data_app = typer.Typer(no_args_is_help=True, help="Official task data: download and verify.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("download")
+def data_download(
+    task: str = typer.Argument(..., help="A task with official files (fairbench list tasks)."),
+    data_dir: Optional[Path] = DataDir,
+    tasks_dir: Optional[Path] = TasksDir,
+    force: bool = typer.Option(False, "--force", help="Download again even if a verified copy is present."),
+) -> None:
+    """Fetch TASK's official files from the URLs pinned in its task card and verify their SHA-256s."""
+    from .data.download import download
+    from .taskcard import load_task
+
+    card = load_task(task, tasks_dir)
+    for name, status in download(card, data_dir, force=force):
+        console.print(f"{status:>10}  {name}  (sha256 verified)")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: one-line errors with exit code 2; tracebacks only with --debug."""
     args = list(sys.argv[1:] if argv is None else argv)
