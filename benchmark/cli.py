@@ -93,6 +93,39 @@ def score(
 
 
 @app.command()
+def leaderboard(
+    run_dirs: list[Path] = typer.Argument(..., help="Run directories written by `fairbench run`."),
+    output: Path = typer.Option(..., "--output", "-o", help="leaderboards/NAME: writes NAME.md, NAME.csv, NAME.groups.csv and PNG plots."),
+    sort_by: str = typer.Option("cf_mean_abs_delta", "--sort-by", help="Fairness metric to sort by: cf_mean_abs_delta, cf_flip_rate or dp_gap."),
+    no_plots: bool = typer.Option(False, "--no-plots", help="Skip the PNG figures."),
+) -> None:
+    """Merge runs into a leaderboard (one row per model x task x prompt mode; newer runs replace older)."""
+    from .leaderboard import update
+
+    for path in update(run_dirs, output, sort_by=sort_by, plots=not no_plots).values():
+        print(path)
+
+
+@app.command()
+def check(
+    baseline: Path = typer.Option(..., "--baseline", help="A leaderboard CSV (leaderboards/NAME.csv)."),
+    candidate: Path = typer.Option(..., "--candidate", help="The run directory to gate."),
+    max_increase: Optional[list[str]] = typer.Option(None, "--max-increase", help="METRIC=DELTA tolerated increase (repeatable; default 0 for cf_flip_rate, cf_mean_abs_delta, dp_gap)."),
+    baseline_model: Optional[str] = typer.Option(None, "--baseline-model", help="The baseline row's model (default: the candidate's model, or the only row)."),
+    baseline_run: Optional[Path] = typer.Option(None, "--baseline-run", help="The baseline's run directory, for the paired test."),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where to look for the baseline's run directory by its run id."),
+) -> None:
+    """Exit 0 if no fairness metric of CANDIDATE regressed beyond tolerance against BASELINE, 1 if one did."""
+    from .check import check as run_check
+    from .check import render
+
+    result, row, run = run_check(baseline, candidate, max_increase, baseline_model, baseline_run, runs_dir)
+    render(result, row, run, console)
+    if result.regressions:
+        raise typer.Exit(1)
+
+
+@app.command()
 def merge(
     dest: Path = typer.Argument(..., help="The run directory to complete."),
     sources: list[Path] = typer.Argument(..., help="Run directories of the same run written by other shards (other machines)."),
