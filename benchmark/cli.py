@@ -40,6 +40,7 @@ def run(
     output_dir: Path = typer.Option(Path("runs"), "--output-dir", "-o"),
     temperature: float = typer.Option(0.0, "--temperature", help="Sampling temperature for generation modes."),
     shard: Optional[str] = typer.Option(None, "--shard", help="I/N: compute only shard I of N of the requests (deterministic); shards share the run directory."),
+    cases_from: Optional[str] = typer.Option(None, "--cases-from", help="Use only the held-out cases of this derived model (BASE+METHOD), to compare a base model fairly."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or tables."),
     models_file: Optional[Path] = ModelsFile,
     tasks_dir: Optional[Path] = TasksDir,
@@ -60,7 +61,7 @@ def run(
     spec = RunSpec(
         model=model, task=task, prompt_mode=prompt_mode, seed=seed, limit=n, output_dir=output_dir,
         models_file=models_file, tasks_dir=tasks_dir, data_dir=data_dir, temperature=temperature,
-        shard=parse_shard(shard),
+        shard=parse_shard(shard), cases_from=cases_from,
     )
     run_dir = run_engine(spec, quiet=quiet)
     manifest = json.loads((run_dir / "manifest.json").read_text())
@@ -145,6 +146,32 @@ class ListKind(str, Enum):
     loaders = "loaders"
     audits = "audits"
     mitigations = "mitigations"
+
+
+@app.command()
+def mitigate(
+    method: str = typer.Option(..., "--method", help="A mitigation (fairbench list mitigations)."),
+    model: str = typer.Option("smollm2-135m", "--model", "-m", help="The base model (a name from models.yaml)."),
+    task: str = typer.Option("qpain-demo", "--task", "-t", help="The task whose mitigation cases are used."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML file of the method's settings (README: Mitigations)."),
+    seed: int = typer.Option(0, "--seed"),
+    eval_fraction: float = typer.Option(0.5, "--eval-fraction", help="Share of cases held out for evaluation."),
+    prompt_mode: Optional[str] = typer.Option(None, "--prompt-mode", help="Prompt mode used to fit (task default)."),
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="Artifact directory (default: the fairbench cache)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    models_file: Optional[Path] = ModelsFile,
+    tasks_dir: Optional[Path] = TasksDir,
+    data_dir: Optional[Path] = DataDir,
+) -> None:
+    """Fit METHOD on the mitigation cases of TASK and register the derived model(s) BASE+METHOD."""
+    from .mitigations.runner import mitigate as run_mitigation
+
+    names = run_mitigation(
+        method, model, task, config_file=config, seed=seed, eval_fraction=eval_fraction, output_dir=output_dir,
+        models_file=models_file, tasks_dir=tasks_dir, data_dir=data_dir, prompt_mode=prompt_mode, quiet=quiet,
+    )
+    for name in names:
+        print(name if quiet else f"registered {name}: fairbench run --model {name} --task {task}")
 
 
 @app.command("list")

@@ -46,6 +46,8 @@ class ModelSpec(BaseModel):
     generation: GenerationDefaults = Field(default_factory=GenerationDefaults)
     adapter: str | None = None  # LoRA adapter directory (derived models)
     base: str | None = None  # the base model of a derived model
+    steering: str | None = None  # steering transform directory (derived models; hf backend)
+    eval_cases: str | None = None  # held-out split file of a derived model (split.json)
     # Serving backends (openai / vllm).
     base_url: str | None = None
     api_key_env: str | None = None

@@ -44,10 +44,13 @@ class RunSpec:
     data_dir: Path | None = None
     temperature: float = 0.0
     shard: tuple[int, int] | None = None  # (i, n): compute only shard i of n (see shard.py)
+    cases_from: str | None = None  # use the held-out cases of this derived model (fair base comparison)
     argv: list[str] = field(default_factory=lambda: list(sys.argv))
 
-    def run_id(self, mode: str) -> str:
+    def run_id(self, mode: str, heldout: str | None = None) -> str:
         parts = [self.model, self.task, mode, f"seed{self.seed}"]
+        if heldout:
+            parts.append(f"heldout-{heldout[:8]}")
         if self.limit is not None:
             parts.append(f"limit{self.limit}")
         if self.temperature:
@@ -145,6 +148,9 @@ def run(spec: RunSpec, quiet: bool = False) -> Path:
 
     cases, report, files = load_cases(card, spec.data_dir)
     n_cases_total = len(cases)
+    from .mitigations.split import restrict  # held-out cases of a derived model (issue 7)
+
+    cases, split_info = restrict(cases, models.get(spec.cases_from) if spec.cases_from else model_spec, card.name)
     if spec.limit is not None:
         cases = cases[: spec.limit]
     variants = expand(cases, card.counterfactual, spec.seed, report)
@@ -154,7 +160,7 @@ def run(spec: RunSpec, quiet: bool = False) -> Path:
     )
     keys = [r.key(fingerprint) for r in requests]
 
-    run_dir = Path(spec.output_dir) / spec.run_id(mode)
+    run_dir = Path(spec.output_dir) / spec.run_id(mode, split_info.get("eval_case_ids_sha256"))
     store = RunStore(run_dir)
     manifest = base_manifest(spec.argv)
     manifest.update(
@@ -194,6 +200,7 @@ def run(spec: RunSpec, quiet: bool = False) -> Path:
         "n_cases": len(cases),
         "n_cases_available": n_cases_total,
         "model_fingerprint": fingerprint,
+        **split_info,
     }
     data_report = {"quirks": sorted(set(report.quirks)), "skipped": report.skipped}
     scored, results = evaluate(rows, card, spec.seed, run_info, data_report)

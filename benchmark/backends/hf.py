@@ -59,6 +59,8 @@ class HFBackend(Backend):
             raise FairbenchError(f'model "{spec.name}": model path {path} does not exist. Fix "model" in models.yaml.')
         if spec.adapter and not Path(os.path.expanduser(spec.adapter)).is_dir():
             raise FairbenchError(f'model "{spec.name}": adapter directory {spec.adapter} does not exist.')
+        if spec.steering and not Path(os.path.expanduser(spec.steering)).is_dir():
+            raise FairbenchError(f'model "{spec.name}": steering directory {spec.steering} does not exist.')
 
     @classmethod
     def fingerprint(cls, spec: ModelSpec) -> str:
@@ -72,6 +74,9 @@ class HFBackend(Backend):
         else:
             weights = f"hub:{path}@{spec.revision or 'main'}"
         adapter = "adapter:" + sha256_tree(Path(spec.adapter)) if spec.adapter else ""
+        if spec.steering:
+            settings_steering = "steering:" + sha256_tree(Path(spec.steering).expanduser(), ("*.json", "*.safetensors"))
+            adapter = (adapter + "|" + settings_steering) if adapter else settings_steering
         settings = {
             "weights": weights,
             "adapter": adapter,
@@ -102,6 +107,10 @@ class HFBackend(Backend):
 
             self.model = PeftModel.from_pretrained(self.model, os.path.expanduser(spec.adapter))
         self.model.to(self.device).eval()
+        if spec.steering:  # a steering transform from `fairbench mitigate --method steering`
+            from ..mitigations.hooks import install_steering
+
+            self._steering_hook = install_steering(self.model, spec.steering)
         self.load_seconds = time.perf_counter() - t0
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token

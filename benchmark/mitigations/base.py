@@ -1,0 +1,64 @@
+"""The mitigation plugin API. A mitigation never scores itself: ``apply`` fits or trains on the
+mitigation cases and returns a :class:`ModelArtifact`; the runner registers the derived model(s),
+which go through the same ``fairbench run`` path as any model.
+
+Third-party mitigations register a :class:`Mitigation` subclass under the ``fairbench.mitigations``
+entry-point group, exactly as the built-ins do.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from ..cases import Case, LoadReport
+from ..config import ModelRegistry, ModelSpec
+from ..taskcard import TaskCard
+
+
+class MitigationConfig(BaseModel):
+    """Base of every method's config (``--config FILE`` is validated against it; unknown keys fail)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+@dataclass
+class TaskData:
+    """The mitigation side of the split: only these cases may be used to fit or train."""
+
+    card: TaskCard
+    cases: list[Case]
+    report: LoadReport
+    files: list[Path]
+    prompt_mode: str
+
+
+@dataclass
+class Context:
+    out_dir: Path  # the artifact directory (exists, empty)
+    seed: int
+    models: ModelRegistry  # e.g. to look up a teacher model
+    quiet: bool = True
+
+
+@dataclass
+class ModelArtifact:
+    """What ``apply`` produced. ``models`` maps each derived model name's *suffix* (the part after
+    ``<base>+``) to the fields that differ from the base entry, e.g. ``{"simpo-distill": {"adapter":
+    "<dir>"}}``. ``manifest`` holds the method's inputs, hyperparameters, data hashes and timings."""
+
+    directory: Path
+    models: dict[str, dict]
+    manifest: dict = field(default_factory=dict)
+
+
+class Mitigation(ABC):
+    name: str = "base"
+    Config: type[MitigationConfig] = MitigationConfig
+
+    @abstractmethod
+    def apply(self, base: ModelSpec, data: TaskData, config: MitigationConfig, ctx: Context) -> ModelArtifact:
+        """Fit or train on ``data.cases`` and write the artifact under ``ctx.out_dir``."""

@@ -1,0 +1,143 @@
+"""``steering`` (paper 003): optimal affine steering of an LLM's hidden states, with the LEACE,
+mean-matching and MiMiC baselines fitted on the same representations.
+
+1. Representations: the hidden state of the last prompt token after decoder layer ``layer``
+   (forward hook), for every counterfactual variant of every mitigation case, in the task's choice
+   prompt mode. Class = the case's reference answer; group = the variant's attributes (``group_by``).
+2. The maps act in the top ``pca_dims`` principal directions of those states (per-cell covariances
+   in the full hidden size cannot be estimated from a few hundred prompts); the orthogonal
+   complement is left untouched.
+3. Fit (see ``gaussian.py``) and save one transform directory per variant; each becomes a derived
+   model ``<base>+steering[-variant]`` whose hf backend applies it through a hook. At test time the
+   class is unknown, so the optimal maps are used in their per-group form, and the group comes from
+   the Gaussian probe (the model sees only the prompt).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+import numpy as np
+import torch
+
+from ..config import ModelSpec
+from ..counterfactual import expand
+from ..errors import FairbenchError
+from ..requests import build_requests
+from . import gaussian as G
+from .base import Context, Mitigation, MitigationConfig, ModelArtifact, TaskData
+from .hooks import capture_last, save_transform
+
+Variant = Literal["optimal", "affirmative", "leace", "mean", "mimic"]
+SUFFIX = {"optimal": "steering", "affirmative": "steering-affirmative", "leace": "steering-leace",
+          "mean": "steering-mean", "mimic": "steering-mimic"}
+
+
+class SteeringConfig(MitigationConfig):
+    layer: int = -1  # decoder layer whose output is steered (negative counts from the end)
+    pca_dims: int | None = 16  # None: the full hidden size
+    group_by: list[str] | None = None  # counterfactual attributes forming the group; None: all (intersection)
+    variants: list[Variant] = ["optimal", "affirmative", "leace", "mean", "mimic"]
+    advantaged: str | None = None  # affirmative target group, e.g. "race=White|gender=man"; None: the favoured group
+    ridge: float = 1e-4
+    batch_size: int = 16
+
+
+def _label(reference: str, options: list[str]) -> str:
+    ref = reference.strip().strip(".").strip().lower()
+    for o in options:
+        if ref == o.lower() or ref.startswith(o.lower()):
+            return o
+    raise FairbenchError(f"reference answer {reference!r} matches none of the options {options}; steering needs a class per case.")
+
+
+def representations(backend, requests, layer: int, batch_size: int) -> np.ndarray:
+    handle, store = capture_last(backend.model, layer)
+    try:
+        ids = [backend._encode_prompt(backend.render(r.prompt)) for r in requests]
+        with torch.inference_mode():
+            for start in range(0, len(ids), batch_size):
+                x, mask, pos = backend._pad_left(ids[start : start + batch_size])
+                backend.model(input_ids=x, attention_mask=mask, position_ids=pos, logits_to_keep=1, use_cache=False)
+    finally:
+        handle.remove()
+    return torch.cat(store).numpy().astype(np.float64)
+
+
+class Steering(Mitigation):
+    name = "steering"
+    Config = SteeringConfig
+
+    def apply(self, base: ModelSpec, data: TaskData, config: SteeringConfig, ctx: Context) -> ModelArtifact:
+        from ..backends.hf import HFBackend
+
+        if base.backend != "hf":
+            raise FairbenchError(f'steering hooks need hidden states: model "{base.name}" uses backend {base.backend}, not hf.')
+        card = data.card
+        mode = card.prompt_modes[data.prompt_mode]
+        if mode.method != "choice":
+            raise FairbenchError(f"steering fits on the last prompt token; use a choice prompt mode, not {data.prompt_mode}.")
+        attrs = config.group_by or list(card.counterfactual.attributes)
+        unknown_attrs = [a for a in attrs if a not in card.counterfactual.attributes]
+        if unknown_attrs:
+            raise FairbenchError(f"steering config group_by: {unknown_attrs} are not attributes of task {card.name}.")
+        t0 = time.perf_counter()
+        variants = expand(data.cases, card.counterfactual, ctx.seed)
+        q = card.questions[0]
+        requests = [r for r in build_requests(card, variants, data.prompt_mode, ctx.seed) if r.question_id == q.id]
+        backend = HFBackend(base, seed=ctx.seed)
+        layer = config.layer
+        x = representations(backend, requests, layer, config.batch_size)
+        n_layers = backend.model.config.num_hidden_layers
+        y = np.array([_label(r.meta.get("reference", ""), q.options) for r in requests])
+        g = np.array(["|".join(f"{a}={r.attributes[a]}" for a in attrs) for r in requests])
+        extract_s = time.perf_counter() - t0
+
+        center = x.mean(0)
+        k = min(config.pca_dims or x.shape[1], x.shape[1], len(x) - 1)
+        _, sv, vt = np.linalg.svd(x - center, full_matrices=False)
+        basis = vt[:k].T  # (d, k)
+        z = (x - center) @ basis
+        explained = float((sv[:k] ** 2).sum() / (sv**2).sum())
+
+        gs = G.estimate(z, y, g, ridge=config.ridge)
+        header = {"layer": layer if layer >= 0 else n_layers + layer, "pca_dims": k, "group_by": attrs, "base": base.name}
+        models, details = {}, {}
+        for variant in config.variants:
+            info: dict = {}
+            if variant in ("optimal", "affirmative"):
+                ideal = G.ideal_all_subgroups(gs) if variant == "optimal" else G.ideal_affirmative(gs, config.advantaged, positive=q.positive)
+                transform = G.group_transform(gs, ideal)
+                info = {"kl_objective": round(ideal.objective, 6), "ideal": ideal.kind, "advantaged": ideal.advantaged}
+            elif variant == "leace":
+                transform = G.leace(z, g)
+            elif variant == "mean":
+                transform = G.mean_matching(z, g)
+            else:
+                transform = G.mimic(z, g)
+            out = ctx.out_dir / SUFFIX[variant]
+            save_transform(out, basis, center, transform, {**header, "variant": variant})
+            steered = transform(z)
+            info["probe_accuracy"] = round(float(_probe_accuracy(transform, z, g)), 4) if len(transform.components) > 1 else None
+            info["mean_shift"] = round(float(np.linalg.norm(steered - z, axis=1).mean()), 6)
+            details[variant] = info
+            models[SUFFIX[variant]] = {"steering": str(out.resolve())}
+        backend.close()
+        return ModelArtifact(
+            ctx.out_dir,
+            models,
+            {
+                "representation": {"layer": header["layer"], "n": int(len(x)), "hidden_size": int(x.shape[1]),
+                                   "pca_dims": k, "pca_explained_variance": round(explained, 6), "group_by": attrs},
+                "cells": {f"{c}::{a}": gs.count[c][a] for c in gs.classes for a in gs.groups},
+                "variants": details,
+                "extract_seconds": round(extract_s, 3),
+            },
+        )
+
+
+def _probe_accuracy(transform: G.Transform, z: np.ndarray, g: np.ndarray) -> float:
+    labels = [c.label for c in transform.components]
+    pred = np.array(labels)[transform.log_posterior(z).argmax(1)]
+    return float((pred == g).mean())
