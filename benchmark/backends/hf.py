@@ -277,7 +277,8 @@ class HFBackend(Backend):
             input_ids = torch.tensor([ids], device=self.device)
             kwargs = {"max_new_tokens": r.max_new_tokens, "pad_token_id": self.tokenizer.pad_token_id}
             if r.temperature > 0:
-                torch.manual_seed(int(r.key("seed")[:8], 16) ^ r.seed)
+                # Seed per request from its content: the sample does not depend on run order.
+                torch.manual_seed(int(r.key(f"seed{r.seed}")[:15], 16))
                 kwargs.update(do_sample=True, temperature=r.temperature, top_p=self.spec.generation.top_p)
             else:
                 kwargs.update(do_sample=False)
