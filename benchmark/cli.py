@@ -37,6 +37,7 @@ def run(
     prompt_mode: Optional[str] = typer.Option(None, "--prompt-mode", help="zero_shot, few_shot, cot ... (task default)."),
     limit: Optional[str] = typer.Option(None, "--limit", help="Use only the first N cases."),
     seed: int = typer.Option(0, "--seed"),
+    seeds: int = typer.Option(1, "--seeds", help="Run seeds SEED..SEED+N-1; write mean ± CI and paired tests across seeds."),
     output_dir: Path = typer.Option(Path("runs"), "--output-dir", "-o"),
     temperature: float = typer.Option(0.0, "--temperature", help="Sampling temperature for generation modes."),
     shard: Optional[str] = typer.Option(None, "--shard", help="I/N: compute only shard I of N of the requests (deterministic); shards share the run directory."),
@@ -63,6 +64,12 @@ def run(
         models_file=models_file, tasks_dir=tasks_dir, data_dir=data_dir, temperature=temperature,
         shard=parse_shard(shard), cases_from=cases_from,
     )
+    if seeds != 1:
+        from .seeds import print_summary, run_seeds
+
+        out, summary = run_seeds(spec, seeds, quiet=quiet)
+        print(out) if quiet else print_summary(summary, out, console)
+        return
     run_dir = run_engine(spec, quiet=quiet)
     manifest = json.loads((run_dir / "manifest.json").read_text())
     if manifest.get("status") == "partial":
@@ -198,6 +205,9 @@ def list_(
             table.add_column(col)
         for name, path in sorted(discover(tasks_dir).items()):
             card = read_card(path)
+            if card.kind == "imaging":
+                table.add_row(name, card.loader, ", ".join(card.endpoints()), f"imaging ({card.label_type})", str(path))
+                continue
             table.add_row(name, card.loader, ", ".join(q.id for q in card.questions), ", ".join(card.prompt_modes), str(path))
     else:
         from .registry import describe
@@ -234,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or bool(os.environ.get("FAIRBENCH_DEBUG"))
     try:
-        app(args=args, standalone_mode=False, prog_name="fairbench")
+        # Without standalone mode click returns (not raises) the code of a `typer.Exit(n)`.
+        code = app(args=args, standalone_mode=False, prog_name="fairbench")
     except FairbenchError as exc:
         if debug:
             raise
@@ -250,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {exc.format_message()} (see fairbench --help)", file=sys.stderr)
         return exc.exit_code
-    return 0
+    return code if isinstance(code, int) and not isinstance(code, bool) else 0
 
 
 def entry() -> None:

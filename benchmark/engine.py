@@ -133,6 +133,11 @@ def assemble_rows(requests: list[Request], keys: list[str], store: RunStore) -> 
 def run(spec: RunSpec, quiet: bool = False) -> Path:
     if spec.limit is not None and spec.limit < 1:
         raise FairbenchError(f"--limit must be a positive number of cases, got {spec.limit}.")
+    card = load_task(spec.task, spec.tasks_dir)
+    if card.kind == "imaging":
+        from .imaging import engine as imaging_engine
+
+        return imaging_engine.run(spec, card, quiet=quiet)
     t_start = time.time()
     seed_everything(spec.seed)
     models = load_models(spec.models_file)

@@ -31,6 +31,10 @@ def _p(test: dict) -> str:
 
 def print_results(results: dict, run_dir, console: Console | None = None) -> None:
     console = console or Console()
+    if results.get("kind") == "imaging":
+        from .imaging.report import print_group_results
+
+        return print_group_results(results, run_dir, console)
     run = results["run"]
     audit = results["counterfactual"]
     for qid, q in audit["questions"].items():

@@ -19,6 +19,10 @@ def rescore(run_dir: Path, tasks_dir: Path | None = None) -> dict:
     previous = json.loads(results_path.read_text(encoding="utf-8"))
     run_info = previous["run"]
     card = load_task(run_info["task"], tasks_dir)
+    if card.kind == "imaging":
+        from .imaging.rescore import rescore_imaging
+
+        return rescore_imaging(run_dir, card, previous)
     rows = [{k: v for k, v in row.items() if k != "scored"} for row in read_requests(run_dir)]
     scored, results = evaluate(rows, card, run_info["seed"], run_info, previous.get("data_report", {}))
     store = RunStore(run_dir)

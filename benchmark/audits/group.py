@@ -1,0 +1,271 @@
+"""Group audit for imaging (and any per-instance classifier output): performance and fairness
+by sex, age group, race and their intersections, with patient-level bootstrap CIs.
+
+Input: one row per test image with ``patient_id``, the attribute columns, ``valid`` and for each
+endpoint ``e``: ``y:e`` (0/1, NaN = masked), ``p:e`` (P(positive)), ``d:e`` (decision at the
+threshold frozen from validation) and ``d05:e`` (decision at 0.5).
+
+Metric definitions (gaps are max - min over groups with at least ``min_group_size`` images and,
+for AUC, both classes):
+- ``dp_gap``: positive-prediction rate gap (FairMed-VLM Eq. 1); ``eod``: equalized-odds
+  difference, max of the TPR gap and the FPR gap (fairlearn's definition);
+- ``auc_gap``, ``worst_group_auc``; ``es_auc`` = AUC / (1 + sum_g |AUC - AUC_g|) (equity-scaled AUC);
+- ``ece_gap``: gap of expected calibration error (equal-width bins);
+- ``underdiag_gap``: gap of the underdiagnosis rate -- FPR of the "No Finding" endpoint
+  (predicted healthy, actually ill) or, for a disease endpoint, its FNR.
+CIs: 95% bootstrap resampling **patients** (all images of a patient move together).
+Tests: chi-square of decision x group per attribute, Holm-corrected across all of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+from fairlearn.metrics import MetricFrame
+
+from .. import stats
+
+GAPS = ("dp_gap", "eod", "auc_gap", "worst_group_auc", "es_auc", "ece_gap", "underdiag_gap")
+HIGHER_IS_BETTER = {"accuracy": True, "auc": True, "worst_group_auc": True, "es_auc": True}
+
+
+# Hand-written because the bootstrap calls them ~10^4 times per run, where sklearn's input
+# validation dominates; tests cross-check them against sklearn and fairlearn.
+def fast_auc(y: np.ndarray, p: np.ndarray) -> float:
+    n1 = int(y.sum())
+    n0 = len(y) - n1
+    if n1 == 0 or n0 == 0:
+        return float("nan")
+    # Sort once; within tied scores a positive counts half of each tied negative (Mann-Whitney).
+    order = np.argsort(p, kind="mergesort")
+    ps, ys = p[order], y[order]
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(ps)) + 1])
+    pos = np.add.reduceat(ys, starts)
+    neg = np.diff(np.append(starts, len(ps))) - pos
+    below = np.cumsum(neg) - neg
+    return float((pos * (below + 0.5 * neg)).sum() / (n1 * n0))
+
+
+def ece(y: np.ndarray, p: np.ndarray, bins: int = 15) -> float:
+    """Expected calibration error of P(positive): sum_b n_b/n |mean(y)_b - mean(p)_b|."""
+    if len(y) == 0:
+        return float("nan")
+    idx = np.minimum((p * bins).astype(int), bins - 1)
+    n = np.bincount(idx, minlength=bins)
+    sy = np.bincount(idx, weights=y, minlength=bins)
+    sp = np.bincount(idx, weights=p, minlength=bins)
+    return float(np.abs(sy - sp).sum() / len(y))
+
+
+def _rate(d: np.ndarray, mask: np.ndarray) -> float:
+    return float(d[mask].mean()) if mask.any() else float("nan")
+
+
+def group_values(y, p, d, codes, n_groups, bins, underdiag_is_fpr) -> dict[str, np.ndarray]:
+    """Per-group n, AUC, positive rate, TPR, FPR, ECE, underdiagnosis rate (arrays over groups)."""
+    out = {k: np.full(n_groups, np.nan) for k in ("n", "auc", "pos_rate", "tpr", "fpr", "ece", "underdiag", "accuracy")}
+    for g in range(n_groups):
+        m = codes == g
+        out["n"][g] = m.sum()
+        if not m.any():
+            continue
+        yg, pg, dg = y[m], p[m], d[m]
+        pos, neg = yg == 1, yg == 0
+        out["auc"][g] = fast_auc(yg, pg)
+        out["pos_rate"][g] = dg.mean()
+        out["accuracy"][g] = (dg == yg).mean()
+        out["tpr"][g] = _rate(dg, pos)
+        out["fpr"][g] = _rate(dg, neg)
+        out["ece"][g] = ece(yg, pg, bins)
+        out["underdiag"][g] = out["fpr"][g] if underdiag_is_fpr else 1 - out["tpr"][g]
+    return out
+
+
+def _spread(x: np.ndarray) -> float:
+    x = x[~np.isnan(x)]
+    return float(x.max() - x.min()) if len(x) >= 2 else float("nan")
+
+
+def gap_metrics(y, p, d, codes, n_groups, bins, underdiag_is_fpr, min_n) -> dict[str, float]:
+    v = group_values(y, p, d, codes, n_groups, bins, underdiag_is_fpr)
+    big = v["n"] >= min_n
+    auc_ok = big & ~np.isnan(v["auc"])
+    overall_auc = fast_auc(y, p)
+    aucs = v["auc"][auc_ok]
+    return {
+        "dp_gap": _spread(np.where(big, v["pos_rate"], np.nan)),
+        "eod": max(_spread(np.where(big, v["tpr"], np.nan)), _spread(np.where(big, v["fpr"], np.nan))),
+        "auc_gap": _spread(aucs),
+        "worst_group_auc": float(aucs.min()) if len(aucs) else float("nan"),
+        "es_auc": float(overall_auc / (1 + np.abs(overall_auc - aucs).sum())) if len(aucs) else float("nan"),
+        "ece_gap": _spread(np.where(big, v["ece"], np.nan)),
+        "underdiag_gap": _spread(np.where(big, v["underdiag"], np.nan)),
+    }
+
+
+class _Clusters:
+    """Maps resampled patient indices to their rows (vectorised)."""
+
+    def __init__(self, patients: np.ndarray):
+        order = np.argsort(patients, kind="stable")
+        uniq, starts, counts = np.unique(patients[order], return_index=True, return_counts=True)
+        self.order, self.starts, self.counts, self.n = order, starts, counts, len(uniq)
+        self.single = bool((counts == 1).all())
+
+    def rows(self, pidx: np.ndarray) -> np.ndarray:
+        pidx = np.asarray(pidx).astype(int)  # bootstrap_ci hands over floats
+        if self.single:
+            return self.order[pidx]
+        lens = self.counts[pidx]
+        offs = np.repeat(self.starts[pidx] - np.concatenate([[0], np.cumsum(lens)[:-1]]), lens)
+        return self.order[offs + np.arange(lens.sum())]
+
+
+class GroupAudit:
+    name = "group"
+
+    def __init__(self, card, seed: int = 0):
+        self.card, self.cfg, self.seed = card, card.audit, seed
+        self.tests: list[stats.TestResult] = []
+        self.warnings: list[str] = []
+
+    def _rng(self, *parts: str) -> np.random.Generator:
+        digest = hashlib.sha256("|".join((str(self.seed), *parts)).encode()).digest()
+        return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+    def _ci(self, clusters: _Clusters, fn, *key: str) -> dict:
+        point, lo, hi = stats.bootstrap_ci(np.arange(clusters.n), lambda pidx: fn(clusters.rows(pidx)), self._rng(*key), self.cfg.n_boot)
+        return stats.estimate(point, lo, hi, clusters.n)
+
+    def _ci_many(self, clusters: _Clusters, fn_all, names, *key: str) -> dict[str, dict]:
+        """CIs of several metrics computed together from the same resamples: every metric's
+        bootstrap uses the same seed, so the per-resample dict is computed once and looked up."""
+        memo: dict[bytes, dict] = {}
+
+        def stat(name):
+            def f(pidx):
+                k = np.asarray(pidx).astype(np.int64).tobytes()
+                if k not in memo:
+                    memo[k] = fn_all(clusters.rows(pidx))
+                return memo[k][name]
+            return f
+
+        out = {}
+        for name in names:
+            point, lo, hi = stats.bootstrap_ci(np.arange(clusters.n), stat(name), self._rng(*key), self.cfg.n_boot)
+            out[name] = stats.estimate(point, lo, hi, clusters.n)
+        return out
+
+    @staticmethod
+    def group_column(df: pd.DataFrame, attribute: str) -> pd.Series:
+        parts = attribute.split("*")
+        if len(parts) == 1:
+            return df[attribute].where(df[attribute].notna(), None)
+        cols = [df[a] for a in parts]
+        known = np.logical_and.reduce([c.notna().to_numpy() for c in cols])
+        label = pd.Series(["|".join(f"{a}={v}" for a, v in zip(parts, vals)) for vals in zip(*cols)], index=df.index)
+        return label.where(known, None)
+
+    def _groups_table(self, y, p, d, d05, labels: pd.Series, underdiag_is_fpr: bool) -> dict:
+        """Per-group point estimates through fairlearn's MetricFrame (index trick: y_pred carries
+        row indices so each metric can read scores and both decisions)."""
+        bins = self.cfg.ece_bins
+
+        def m(fn):
+            return lambda yt, idx: fn(np.asarray(yt, dtype=float), np.asarray(idx, dtype=int))
+
+        metrics = {
+            "n": m(lambda yt, i: float(len(yt))),
+            "n_pos": m(lambda yt, i: float(yt.sum())),
+            "auc": m(lambda yt, i: fast_auc(yt, p[i])),
+            "accuracy": m(lambda yt, i: float((d[i] == yt).mean())),
+            "pos_rate": m(lambda yt, i: float(d[i].mean())),
+            "tpr": m(lambda yt, i: _rate(d[i], yt == 1)),
+            "fpr": m(lambda yt, i: _rate(d[i], yt == 0)),
+            "ece": m(lambda yt, i: ece(yt, p[i], bins)),
+            "pos_rate_at_0.5": m(lambda yt, i: float(d05[i].mean())),
+            "tpr_at_0.5": m(lambda yt, i: _rate(d05[i], yt == 1)),
+            "fpr_at_0.5": m(lambda yt, i: _rate(d05[i], yt == 0)),
+        }
+        mf = MetricFrame(metrics=metrics, y_true=y, y_pred=np.arange(len(y)), sensitive_features=labels.to_numpy())
+        table = {}
+        for group, row in mf.by_group.iterrows():
+            entry = {k: stats.r6(v) for k, v in row.items()}
+            entry["n"], entry["n_pos"] = int(row["n"]), int(row["n_pos"])
+            entry["prevalence"] = stats.r6(row["n_pos"] / row["n"]) if row["n"] else None
+            entry["underdiag"] = entry["fpr"] if underdiag_is_fpr else (None if entry["tpr"] is None else stats.r6(1 - row["tpr"]))
+            entry["small"] = entry["n"] < self.cfg.min_group_size
+            table[str(group)] = entry
+        return table
+
+    def _endpoint(self, df: pd.DataFrame, e: str) -> dict:
+        keep = df["valid"].to_numpy() & df[f"y:{e}"].notna().to_numpy()
+        sub = df[keep].reset_index(drop=True)
+        n_masked = int((df["valid"] & df[f"y:{e}"].isna()).sum())
+        y = sub[f"y:{e}"].to_numpy(dtype=float)
+        p = sub[f"p:{e}"].to_numpy(dtype=float)
+        d = sub[f"d:{e}"].to_numpy(dtype=float)
+        d05 = sub[f"d05:{e}"].to_numpy(dtype=float)
+        out = {"n_images": int(len(sub)), "n_masked_labels": n_masked, "attributes": {}}
+        if len(sub) == 0:
+            self.warnings.append(f"{e}: no valid test images with a label")
+            return out
+        clusters = _Clusters(sub["patient_id"].astype(str).to_numpy())
+        out["n_patients"] = clusters.n
+        bins = self.cfg.ece_bins
+        def overall(r):
+            return {"accuracy": float((d[r] == y[r]).mean()), "accuracy_at_0.5": float((d05[r] == y[r]).mean()),
+                    "auc": fast_auc(y[r], p[r]), "pos_rate": float(d[r].mean()), "ece": ece(y[r], p[r], bins)}
+
+        out.update(self._ci_many(clusters, overall, ["accuracy", "accuracy_at_0.5", "auc", "pos_rate", "ece"], e, "overall"))
+        out["prevalence"] = stats.r6(y.mean())
+        underdiag_is_fpr = e == self.cfg.no_finding_label
+        for attr in self.cfg.attributes:
+            labels = self.group_column(sub, attr)
+            known = labels.notna().to_numpy()
+            if known.sum() == 0:
+                continue
+            lab = labels[known].astype(str).reset_index(drop=True)
+            yk, pk, dk, d05k = y[known], p[known], d[known], d05[known]
+            names = sorted(lab.unique())
+            codes = lab.map({g: i for i, g in enumerate(names)}).to_numpy()
+            table = self._groups_table(yk, pk, dk, d05k, lab, underdiag_is_fpr)
+            small = [g for g, v in table.items() if v["small"]]
+            if small:
+                self.warnings.append(f"{e}/{attr}: group(s) {', '.join(small)} have fewer than {self.cfg.min_group_size} images; left out of the gaps")
+            kc = _Clusters(sub.loc[known, "patient_id"].astype(str).to_numpy())
+            res = {"groups": table, "n_unknown": int((~known).sum()), "small_groups": small}
+            def all_gaps(r):
+                args = (codes[r], len(names), bins, underdiag_is_fpr, self.cfg.min_group_size)
+                tuned = gap_metrics(yk[r], pk[r], dk[r], *args)
+                fixed = gap_metrics(yk[r], pk[r], d05k[r], *args)
+                return {**tuned, "dp_gap_at_0.5": fixed["dp_gap"], "eod_at_0.5": fixed["eod"]}
+
+            res.update(self._ci_many(kc, all_gaps, [*GAPS, "dp_gap_at_0.5", "eod_at_0.5"], e, attr))
+            aucs = {g: v["auc"] for g, v in table.items() if not v["small"] and v["auc"] is not None}
+            res["worst_group"] = min(aucs, key=aucs.get) if aucs else None
+            counts = np.array([[((codes == i) & (dk == 1)).sum(), ((codes == i) & (dk == 0)).sum()] for i in range(len(names))])
+            test = stats.chi_square(counts, f"{e}/{attr}/decision")
+            self.tests.append(test)
+            res["tests"] = [test]
+            out["attributes"][attr] = res
+        return out
+
+    def run(self, df: pd.DataFrame, endpoints: list[str]) -> dict:
+        result = {"endpoints": {e: self._endpoint(df, e) for e in endpoints}}
+        stats.correct(self.tests, self.cfg.correction, self.cfg.alpha)
+        for ep in result["endpoints"].values():
+            for res in ep["attributes"].values():
+                res["tests"] = [t.as_dict() for t in res["tests"]]
+        result["warnings"] = self.warnings
+        result["definitions"] = {
+            "gap": "max - min over groups with at least min_group_size images",
+            "eod": "max(TPR gap, FPR gap)",
+            "es_auc": "AUC / (1 + sum_g |AUC - AUC_g|)",
+            "underdiag_gap": f"gap of FPR of {self.cfg.no_finding_label!r}" if self.cfg.no_finding_label else "gap of FNR (missed positives)",
+            "ci": "95% bootstrap (BCa, percentile fallback) resampling patients",
+            "threshold": f"{self.cfg.threshold} on validation (argmax for multiclass), frozen for test; *_at_0.5 use 0.5",
+        }
+        return result

@@ -1,0 +1,173 @@
+"""Several seeds of one run: mean ± t-CI of every headline metric, and paired tests across seeds.
+
+``fairbench run --seeds N`` runs seeds SEED .. SEED+N-1 (each its own run directory, resumable)
+and writes ``summary.json`` to ``<output>/<model>__<task>__seeds<a>-<b>/``. Seeds pair the
+runs: the same seed means the same data shuffle and initialisation, so
+
+- within a model, imaging runs get paired tests of per-seed group metrics (two groups: paired
+  t-test; more: repeated-measures ANOVA, seeds as subjects) and of the tuned-threshold vs 0.5
+  dp_gap;
+- between models (e.g. a base model and its mitigation), :func:`compare` runs paired t-tests on
+  per-seed headline metrics with Cohen's d_z -- the paper's protocol (5 seeds, paired t-tests).
+All p-values in one summary are Holm-corrected together.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+from . import SCHEMA_VERSION
+from .errors import FairbenchError
+from .stats import TestResult, correct, r6
+from .store import dumps, write_atomic
+
+
+def _values(results: list[dict]) -> dict[str, list[float | None]]:
+    names = [k for k, v in results[0]["metrics"].items() if isinstance(v, dict) and "value" in v]
+    return {k: [r["metrics"].get(k, {}).get("value") for r in results] for k in names}
+
+
+def mean_ci(xs: list[float | None]) -> dict:
+    """Mean, SD and 95% t-interval over seeds (None values are left out and counted)."""
+    x = np.array([v for v in xs if v is not None], dtype=float)
+    out = {"values": xs, "n_seeds": int(len(x)), "n_missing": int(len(xs) - len(x))}
+    if len(x) == 0:
+        return {**out, "mean": None, "sd": None, "ci_low": None, "ci_high": None}
+    mean = float(x.mean())
+    if len(x) < 2:
+        return {**out, "mean": r6(mean), "sd": None, "ci_low": None, "ci_high": None}
+    sd = float(x.std(ddof=1))
+    half = float(sps.t.ppf(0.975, len(x) - 1)) * sd / math.sqrt(len(x))
+    return {**out, "mean": r6(mean), "sd": r6(sd), "ci_low": r6(mean - half), "ci_high": r6(mean + half)}
+
+
+def paired_t(a: list[float | None], b: list[float | None], target: str) -> TestResult:
+    pairs = np.array([(x, y) for x, y in zip(a, b) if x is not None and y is not None], dtype=float)
+    n = len(pairs)
+    if n < 2:
+        return TestResult("paired_t", target, None, None, True, n, "fewer than 2 paired seeds")
+    diff = pairs[:, 0] - pairs[:, 1]
+    if np.allclose(diff, diff[0]):
+        note = "identical differences across seeds"
+        return TestResult("paired_t", target, None, None if diff[0] else 1.0, True, n, note, extra={"mean_diff": float(diff[0])})
+    res = sps.ttest_rel(pairs[:, 0], pairs[:, 1])
+    dz = float(diff.mean() / diff.std(ddof=1))
+    return TestResult("paired_t", target, float(res.statistic), float(res.pvalue), True, n, extra={"mean_diff": float(diff.mean()), "cohens_dz": dz})
+
+
+def rm_anova(table: pd.DataFrame, target: str) -> TestResult:
+    """Seeds (rows) x groups (columns) of a metric: repeated-measures ANOVA (statsmodels AnovaRM)."""
+    from statsmodels.stats.anova import AnovaRM
+
+    table = table.dropna()
+    n = len(table)
+    if n < 2 or table.shape[1] < 2:
+        return TestResult("rm_anova", target, None, None, True, n, "fewer than 2 complete seeds")
+    long = table.reset_index(names="seed").melt(id_vars="seed", var_name="group", value_name="value")
+    if np.allclose(table.to_numpy() - table.to_numpy().mean(1, keepdims=True), 0):
+        return TestResult("rm_anova", target, 0.0, 1.0, True, n, "no differences between groups")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = AnovaRM(long, depvar="value", subject="seed", within=["group"]).fit().anova_table
+    return TestResult("rm_anova", target, float(res["F Value"].iloc[0]), float(res["Pr > F"].iloc[0]), True, n)
+
+
+def _as_dict(t: TestResult) -> dict:
+    return {**t.as_dict(), **{k: r6(v) for k, v in t.extra.items()}}
+
+
+def imaging_tests(results: list[dict]) -> list[TestResult]:
+    tests = []
+    if results[0].get("kind") != "imaging":
+        return tests
+    e = results[0]["metrics"]["question"]
+    for attr in results[0]["group"]["endpoints"][e]["attributes"]:
+        per_seed = []
+        for r in results:
+            res = r["group"]["endpoints"][e]["attributes"].get(attr, {})
+            per_seed.append({g: v["auc"] for g, v in res.get("groups", {}).items() if not v["small"]})
+        table = pd.DataFrame(per_seed)
+        if table.shape[1] == 2:
+            g1, g2 = table.columns
+            tests.append(paired_t(table[g1].tolist(), table[g2].tolist(), f"{e}/{attr}/auc: {g1} vs {g2}"))
+        elif table.shape[1] > 2:
+            tests.append(rm_anova(table, f"{e}/{attr}/auc across groups"))
+        tuned = [r["group"]["endpoints"][e]["attributes"].get(attr, {}).get("dp_gap", {}).get("value") for r in results]
+        fixed = [r["group"]["endpoints"][e]["attributes"].get(attr, {}).get("dp_gap_at_0.5", {}).get("value") for r in results]
+        tests.append(paired_t(tuned, fixed, f"{e}/{attr}/dp_gap: validation threshold vs 0.5"))
+    return tests
+
+
+def summarize(results: list[dict], run_dirs: list[Path]) -> dict:
+    tests = imaging_tests(results)
+    correct(tests)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "seeds",
+        "model": results[0]["run"]["model"],
+        "task": results[0]["run"]["task"],
+        "seeds": [r["run"]["seed"] for r in results],
+        "runs": [str(d) for d in run_dirs],
+        "metrics": {k: mean_ci(v) for k, v in _values(results).items()},
+        "tests": [_as_dict(t) for t in tests],
+        "definitions": {"ci": "95% t-interval of the mean over seeds", "tests": "paired across seeds, Holm-corrected"},
+    }
+
+
+def compare(results_a: list[dict], results_b: list[dict]) -> dict:
+    """Model A vs model B on the same seeds: paired t-test per headline metric (Holm-corrected)."""
+    seeds_a = {r["run"]["seed"]: r for r in results_a}
+    seeds_b = {r["run"]["seed"]: r for r in results_b}
+    common = sorted(set(seeds_a) & set(seeds_b))
+    if len(common) < 2:
+        raise FairbenchError(f"comparing models needs at least 2 shared seeds; found {common}. Run both with the same --seed/--seeds.")
+    va, vb = _values([seeds_a[s] for s in common]), _values([seeds_b[s] for s in common])
+    tests = [paired_t(va[k], vb[k], k) for k in va if k in vb]
+    correct(tests)
+    return {"seeds": common, "tests": [_as_dict(t) for t in tests]}
+
+
+def run_seeds(spec, n: int, quiet: bool = False) -> tuple[Path, dict]:
+    from .engine import run as run_engine
+
+    if n < 1:
+        raise FairbenchError(f"--seeds must be a positive number of seeds, got {n}.")
+    run_dirs = [run_engine(dataclasses.replace(spec, seed=spec.seed + i), quiet=quiet) for i in range(n)]
+    results = [json.loads((d / "results.json").read_text()) for d in run_dirs]
+    summary = summarize(results, run_dirs)
+    name = re.sub(r"[^A-Za-z0-9._+=-]", "_", f"{spec.model}__{spec.task}__seeds{spec.seed}-{spec.seed + n - 1}")
+    if spec.limit is not None:
+        name += f"__limit{spec.limit}"
+    out = Path(spec.output_dir) / name
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "summary.json", dumps(summary))
+    return out, summary
+
+
+def print_summary(summary: dict, out: Path, console) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{summary['model']} on {summary['task']}: {len(summary['seeds'])} seeds, mean [95% CI]", title_justify="left")
+    for col in ("metric", "mean [95% CI]", "sd", "per seed"):
+        table.add_column(col)
+    fmt = lambda x: "-" if x is None else f"{x:.3g}"  # noqa: E731
+    for name, m in summary["metrics"].items():
+        table.add_row(name, f"{fmt(m['mean'])} [{fmt(m['ci_low'])}, {fmt(m['ci_high'])}]", fmt(m["sd"]), ", ".join(fmt(v) for v in m["values"]))
+    console.print(table)
+    if summary["tests"]:
+        tests = Table(title="paired tests across seeds (p raw / Holm)", title_justify="left")
+        for col in ("target", "test", "n", "statistic", "p"):
+            tests.add_column(col)
+        for t in summary["tests"]:
+            tests.add_row(t["target"], t["test"], str(t["n"]), fmt(t["statistic"]), f"{fmt(t['p_value'])} / {fmt(t['p_adjusted'])}")
+        console.print(tests)
+    console.print(f"summary: [bold]{out / 'summary.json'}[/bold]")
