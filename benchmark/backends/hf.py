@@ -4,6 +4,10 @@ Choice scoring reads the log-probability of each option's tokens after the promp
 - Single-token options: one forward pass per prompt; only the last position's logits are computed.
 - Multi-token options: the prompt runs once, its KV cache is repeated for the options, and the
   continuations are scored in one batched pass.
+- Shared prefix (few-shot examples, system prompt): when the prompts of a call share a long common
+  token prefix, it runs once; its KV cache is reused by every batch of suffixes (choice scoring) and
+  every generation. Suffixes are left-padded *between* prefix and suffix, so they need an explicit
+  attention mask over prefix + padded suffix and position ids that continue from the prefix length.
 """
 
 from __future__ import annotations
@@ -30,6 +34,22 @@ log = logging.getLogger(__name__)
 
 # Tokens per forward batch on CPU. Larger batches gain nothing on a CPU and cost padding.
 CPU_TOKEN_BUDGET = 4096
+# A common prefix shorter than this is recomputed with each prompt: the separate pass and the
+# per-batch copy of its KV cache would cost more than they save.
+MIN_SHARED_PREFIX = 48
+
+
+def common_prefix_len(seqs: list[list[int]]) -> int:
+    """Length of the longest common token prefix, leaving at least one token of every sequence
+    (the last prompt token's logits are what choice scoring reads)."""
+    if not seqs:
+        return 0
+    limit = min(len(s) for s in seqs) - 1
+    first = seqs[0]
+    n = 0
+    while n < limit and all(s[n] == first[n] for s in seqs):
+        n += 1
+    return max(n, 0)
 
 
 def _is_local(model: str) -> bool:
@@ -44,6 +64,7 @@ def gguf_path(spec: ModelSpec) -> Path | None:
 
 class HFBackend(Backend):
     name = "hf"
+    share_prefix = True  # compute a long common prompt prefix once (bench/ turns it off to compare)
 
     # ---------- identity and checks (no model load) ----------
     @classmethod
@@ -116,6 +137,7 @@ class HFBackend(Backend):
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.tokenizer.padding_side = "left"
         self.use_chat = bool(self.tokenizer.chat_template) if spec.chat_template is None else spec.chat_template
+        self._prefix_memo: tuple[tuple[int, ...], list] | None = None
         if self.use_chat and not self.tokenizer.chat_template:
             raise FairbenchError(f'model "{spec.name}": chat_template is true but the tokenizer has none.')
 
@@ -185,15 +207,18 @@ class HFBackend(Backend):
         return ids
 
     # ---------- batching ----------
-    def batch_size_for(self, max_len: int) -> int:
+    def batch_size_for(self, max_len: int, context_len: int = 0) -> int:
+        """Rows per batch for prompts (or suffixes) of ``max_len`` new tokens that also attend to
+        ``context_len`` cached prefix tokens."""
         if isinstance(self.spec.batch_size, int):
             return self.spec.batch_size
         if self.device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(self.device)
             cfg = self.model.config
             bytes_per_token = 2 * cfg.num_hidden_layers * cfg.hidden_size * 2 * 8  # KV + activations, margin
-            return max(1, min(256, int(free * 0.5 // (bytes_per_token * max(1, max_len)))))
-        return max(1, min(64, CPU_TOKEN_BUDGET // max(1, max_len)))
+            return max(1, min(256, int(free * 0.5 // (bytes_per_token * max(1, max_len + context_len)))))
+        # Compute scales with the new tokens; the per-row copy of a shared prefix's KV cache is capped.
+        return max(1, min(64, CPU_TOKEN_BUDGET // max(1, max_len), 8 * CPU_TOKEN_BUDGET // max(1, max_len + context_len)))
 
     def _pad_left(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         width = max(len(s) for s in seqs)
@@ -207,11 +232,55 @@ class HFBackend(Backend):
         return ids.to(self.device), mask.to(self.device), positions.to(self.device)
 
     @torch.inference_mode()
-    def last_token_logprobs(self, seqs: list[list[int]]) -> torch.Tensor:
-        """log-softmax of the next-token distribution after each sequence (one batched pass)."""
+    def last_token_logprobs(self, seqs: list[list[int]], prefix: list | None = None) -> torch.Tensor:
+        """log-softmax of the next-token distribution after each sequence (one batched pass).
+        With ``prefix`` (the KV cache of shared leading tokens, see ``_prefix_kv``) the sequences
+        are the suffixes that follow it."""
         ids, mask, positions = self._pad_left(seqs)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1, use_cache=False)
+        if prefix is None:
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1, use_cache=False)
+        else:
+            n_prefix = prefix[0][0].shape[-2]
+            # Layout per row: [prefix][pad..pad][suffix]. The mask hides the pads; positions continue
+            # from the prefix so rotary embeddings match the unshared sequence exactly.
+            mask = torch.cat([torch.ones((len(seqs), n_prefix), dtype=mask.dtype, device=mask.device), mask], dim=1)
+            out = self.model(
+                input_ids=ids, attention_mask=mask, position_ids=positions + n_prefix,
+                past_key_values=self._expand_cache(prefix, len(seqs)), logits_to_keep=1, use_cache=True,
+            )
         return torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
+
+    # ---------- shared prefix ----------
+    def _shared_prefix_len(self, seqs: list[list[int]]) -> int:
+        if not self.share_prefix or self.spec.steering or len(seqs) < 2:
+            return 0  # steering edits the last position of every forward pass, a prefix's too
+        n = common_prefix_len(seqs)
+        return n if n >= MIN_SHARED_PREFIX else 0
+
+    @torch.inference_mode()
+    def _prefix_kv(self, prefix: list[int]) -> list | None:
+        """Per-layer (keys, values) of ``prefix`` (batch 1), memoised for the next call; None when
+        the model's cache is not a plain per-layer cache (sliding-window layers ...)."""
+        from transformers.cache_utils import DynamicLayer
+
+        key = tuple(prefix)
+        if self._prefix_memo is not None and self._prefix_memo[0] == key:
+            return self._prefix_memo[1]
+        out = self.model(input_ids=torch.tensor([prefix], device=self.device), use_cache=True, logits_to_keep=1)
+        layers = getattr(out.past_key_values, "layers", None)
+        if not layers or any(type(layer) is not DynamicLayer for layer in layers):
+            return None
+        kv = [(layer.keys, layer.values) for layer in layers]
+        self._prefix_memo = (key, kv)
+        return kv
+
+    @staticmethod
+    def _expand_cache(prefix: list, batch: int):
+        """A fresh cache holding the prefix for ``batch`` rows (the memoised tensors stay unchanged:
+        the cache copies them and appends by concatenation)."""
+        from transformers import DynamicCache
+
+        return DynamicCache([(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)) for k, v in prefix])
 
     # ---------- choice scoring ----------
     def score_choices(self, requests: list[Request]) -> list[Result]:
@@ -223,12 +292,15 @@ class HFBackend(Backend):
         multi = [i for i in range(len(requests)) if i not in set(single)]
         # Longest first: the first batch is the largest, so a memory problem shows at once.
         single.sort(key=lambda i: -len(prompt_ids[i]))
+        n_prefix = self._shared_prefix_len([prompt_ids[i] for i in single])
+        prefix = self._prefix_kv(prompt_ids[single[0]][:n_prefix]) if n_prefix else None
+        n_prefix = n_prefix if prefix is not None else 0
         pos = 0
         while pos < len(single):
-            size = self.batch_size_for(len(prompt_ids[single[pos]]))
+            size = self.batch_size_for(len(prompt_ids[single[pos]]) - n_prefix, n_prefix)
             batch = single[pos : pos + size]
             t0 = time.perf_counter()
-            logprobs = self.last_token_logprobs([prompt_ids[i] for i in batch]).cpu()
+            logprobs = self.last_token_logprobs([prompt_ids[i][n_prefix:] for i in batch], prefix).cpu()
             per = (time.perf_counter() - t0) / len(batch)
             for row, i in enumerate(batch):
                 lps = [float(logprobs[row, o[0]]) for o in option_ids[i]]
@@ -270,12 +342,16 @@ class HFBackend(Backend):
     @torch.inference_mode()
     def generate(self, requests: list[Request]) -> list[Result]:
         results = []
-        for r in requests:
+        texts = [self.render(r.prompt) for r in requests]
+        all_ids = [self._encode_prompt(t) for t in texts]
+        n_prefix = self._shared_prefix_len(all_ids)
+        prefix = self._prefix_kv(all_ids[0][:n_prefix]) if n_prefix else None
+        for r, text, ids in zip(requests, texts, all_ids):
             # One request at a time with its own seed: sampled text does not depend on batch makeup.
-            text = self.render(r.prompt)
-            ids = self._encode_prompt(text)
             input_ids = torch.tensor([ids], device=self.device)
             kwargs = {"max_new_tokens": r.max_new_tokens, "pad_token_id": self.tokenizer.pad_token_id}
+            if prefix is not None:  # the shared prefix's KV cache; generate computes only the rest
+                kwargs["past_key_values"] = self._expand_cache(prefix, 1)
             if r.temperature > 0:
                 # Seed per request from its content: the sample does not depend on run order.
                 torch.manual_seed(int(r.key(f"seed{r.seed}")[:15], 16))
