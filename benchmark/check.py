@@ -26,7 +26,7 @@ from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 
 from .errors import FairbenchError
-from .leaderboard import COLUMNS, FAIRNESS_METRICS, _read_json, _records
+from .leaderboard import COLUMNS, FAIRNESS_METRICS, _read_json, _records, split_name
 from .stats import gap, r6
 from .store import read_requests
 
@@ -61,8 +61,8 @@ def baseline_row(csv_path: Path, run: dict, baseline_model: str | None) -> dict:
     if not csv_path.is_file():
         raise FairbenchError(f"--baseline {csv_path} not found; give a leaderboard CSV written by `fairbench leaderboard`.")
     rows = [r for r in _records(csv_path, COLUMNS) if r["task"] == run["task"] and r["prompt_mode"] == run["prompt_mode"]]
-    split = run.get("eval_split") or ""
-    same_split = [r for r in rows if (r.get("eval_split") or "") == split] or rows
+    split = split_name(run.get("eval_split"))
+    same_split = [r for r in rows if r["eval_split"] == split] or rows
     if not rows:
         raise FairbenchError(
             f"{csv_path}: no row for task {run['task']!r}, prompt mode {run['prompt_mode']!r}; add a baseline run with "
@@ -302,20 +302,21 @@ def render(result: CheckResult, row: dict, run: dict, console) -> None:
 
     def table(comps: list[Comparison], title: str) -> Table:
         t = Table(title=title, title_justify="left")
-        for col in ("metric", "baseline", "candidate", "increase [95% CI]", "tolerance", "p / p adj.", "status"):
-            t.add_column(col, justify="left" if col in ("metric", "status") else "right", no_wrap=col == "metric")
+        for col in ("metric", "baseline", "candidate", "increase [95% CI]", "tol.", "p adj.", "status"):
+            t.add_column(col, justify="left" if col in ("metric", "status") else "right", no_wrap=col in ("metric", "status"))
         for c in comps:
             inc = "-" if c.diff is None else f"{c.diff:+.4g}" + (f" [{c.diff_ci[0]:+.4g}, {c.diff_ci[1]:+.4g}]" if c.diff_ci[0] is not None else "")
-            p = "-" if c.p_value is None else f"{c.p_value:.3g} / {c.p_adjusted:.3g}"
+            p = "-" if c.p_adjusted is None else f"{c.p_adjusted:.3g}"
             status = "[bold red]REGRESSED[/]" if c.regressed else ("n/a" if c.diff is None else "ok")
-            if c.note:
-                status += f" ({c.note})"
             t.add_row(c.metric, est(c.baseline), est(c.candidate), inc, f"{c.tolerance:g}", p, status)
         return t
 
     console.print(table(result.comparisons,
                         f"fairbench check: {run['model']} vs baseline {row['model']} on {run['task']} · {run['prompt_mode']}"))
     console.print(f"method: {result.detail}")
+    for c in result.comparisons:
+        if c.note:
+            console.print(f"  {c.metric}: {c.note}")
     if result.regressions:
         console.print(table(result.regressions, "Fairness regressions"))
         console.print(f"[bold red]FAIL[/]: {len(result.regressions)} fairness metric(s) regressed beyond tolerance.")

@@ -55,6 +55,11 @@ GLOSSARY = [
 
 # ----- one run -> one row + its per-group rows -----
 
+def split_name(value) -> str:
+    """Evaluation split of a run: "all" unless the run is marked (e.g. "held-out" for mitigations)."""
+    return str(value) if value not in (None, "") else "all"
+
+
 def _iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(float(ts), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -102,7 +107,7 @@ def run_entry(run_dir: Path) -> tuple[dict, list[dict]]:
     git = manifest.get("git") or {}
     row: dict = {
         "task": run["task"], "prompt_mode": run["prompt_mode"], "model": run["model"],
-        "eval_split": run.get("eval_split") or "", "base_model": run.get("base_model") or "",
+        "eval_split": split_name(run.get("eval_split")), "base_model": run.get("base_model") or "",
         "question": m.get("question"),
     }
     utility = next((u for u in ("accuracy", "agreement") if m.get(u)), None)
@@ -169,6 +174,7 @@ def _records(path: Path, columns: list[str]) -> list[dict]:
         for c in KEY + ["base_model"]:
             if c in rec:
                 rec[c] = rec[c] or ""
+        rec["eval_split"] = split_name(rec.get("eval_split"))
         for c in BOOL_COLUMNS:
             if c in rec and rec[c] is not None:
                 rec[c] = rec[c] in (True, "True", "true", 1)
@@ -279,7 +285,7 @@ def render_markdown(name: str, rows: list[dict], groups: list[dict], sort_by: st
     for r in rows:
         blocks.setdefault((r["task"], r["prompt_mode"]), []).append(r)
     for (task, mode), block in blocks.items():
-        show_split = any(r.get("eval_split") for r in block)
+        show_split = any(r.get("eval_split") != "all" for r in block)
         lines += [f"## {task} · {mode}", ""]
         head = ["model"] + (["eval split"] if show_split else []) + [
             "utility", "cf_flip_rate", "cf_mean_abs_delta", "dp_gap", "worst group", "n", "invalid rate"]
@@ -332,7 +338,7 @@ def render_markdown(name: str, rows: list[dict], groups: list[dict], sort_by: st
         grows = by_key.get(_key(r), [])
         if not grows:
             continue
-        split = f" · {r['eval_split']}" if r.get("eval_split") else ""
+        split = f" · {r['eval_split']}" if r.get("eval_split") != "all" else ""
         lines += [f"<details><summary>{r['model']} · {r['task']} · {r['prompt_mode']}{split}</summary>", ""]
         lines += ["| attribute | group | cases | requests | invalid | mean outcome | decision rate |",
                   "|:--|:--|--:|--:|--:|--:|--:|"]

@@ -33,7 +33,7 @@ def _err(values, lows, highs) -> np.ndarray:
 
 
 def _label(model: str, split: str) -> str:
-    return f"{model} ({split})" if split else model
+    return f"{model} ({split})" if split and split != "all" else model
 
 
 def group_bars(rows: list[dict], groups: list[dict], title: str, path: Path) -> bool:

@@ -1,0 +1,213 @@
+"""`fairbench score` (byte-identical re-scoring), `fairbench leaderboard` and `fairbench check`, on one
+tiny-model run whose stored outputs the tests edit (no model is called after the first run)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from benchmark.cli import main
+
+RUN_ID = "tiny__qpain-demo__zero_shot__seed0__limit4"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_llama_dir) -> Path:
+    """One real run of the tiny model on 4 demo cases (32 requests)."""
+    root = tmp_path_factory.mktemp("lbrun")
+    models = root / "models.yaml"
+    models.write_text(f"models:\n  tiny:\n    backend: hf\n    model: {tiny_llama_dir}\n    chat_template: true\n")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FAIRBENCH_CACHE", str(tmp_path_factory.getbasetemp() / "fairbench-cache"))
+        code = main(["run", "--model", "tiny", "--limit", "4", "-o", str(root / "runs"), "--models-file", str(models), "-q"])
+    assert code == 0
+    return root / "runs" / RUN_ID
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _set_logprobs(run_dir: Path, fn) -> None:
+    """Edit the stored raw outputs (option log-likelihoods) of every request, then re-score."""
+    path = run_dir / "requests.jsonl"
+    rows = [json.loads(x) for x in path.read_text().splitlines()]
+    for r in rows:
+        r["option_logprobs"] = fn(r)
+    path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    assert main(["score", str(run_dir), "-q"]) == 0
+
+
+def _fair(row):  # every variant: the same answer with the same probability
+    return [-0.5, -1.0]
+
+
+def _biased(row):  # Black patients are refused, everyone else is treated
+    return [-5.0, -0.01] if row["attributes"]["race"] == "Black" else [-0.5, -1.0]
+
+
+def _edit_results(run_dir: Path, finished_at: float | None = None, **run) -> None:
+    res = json.loads((run_dir / "results.json").read_text())
+    res["run"].update(run)
+    (run_dir / "results.json").write_text(json.dumps(res))
+    if finished_at is not None:
+        man = json.loads((run_dir / "manifest.json").read_text())
+        man["finished_at"] = finished_at
+        (run_dir / "manifest.json").write_text(json.dumps(man))
+
+
+# ----- fairbench score -----
+
+def test_score_is_byte_identical_and_calls_no_model(tiny_run, tmp_path, monkeypatch):
+    run_dir = _copy(tiny_run, tmp_path / "r")
+    before = {f: (run_dir / f).read_bytes() for f in ("results.json", "requests.jsonl")}
+
+    def no_model(*a, **k):
+        raise AssertionError("score must not load a model")
+
+    monkeypatch.setattr("benchmark.backends.hf.HFBackend.__init__", no_model)
+    assert main(["score", str(run_dir), "-q"]) == 0
+    for name, data in before.items():
+        assert (run_dir / name).read_bytes() == data, name
+
+
+def test_score_recomputes_from_stored_outputs(tiny_run, tmp_path):
+    run_dir = _copy(tiny_run, tmp_path / "r")
+    _set_logprobs(run_dir, _biased)
+    m = json.loads((run_dir / "results.json").read_text())["metrics"]
+    assert m["cf_flip_rate"]["value"] == 1.0 and m["dp_gap"]["value"] == 1.0
+    assert m["significance"]["dp_gap"]["test"] == "cochran_q"
+
+
+# ----- fairbench leaderboard -----
+
+def test_leaderboard_files_csv_and_markdown(tiny_run, tmp_path):
+    out = tmp_path / "lb" / "demo"
+    assert main(["leaderboard", str(tiny_run), "--output", str(out)]) == 0
+    df = pd.read_csv(out.with_name("demo.csv"))
+    assert len(df) == 1 and df.loc[0, "model"] == "tiny" and df.loc[0, "run_id"] == RUN_ID
+    res = json.loads((tiny_run / "results.json").read_text())["metrics"]
+    for metric in ("cf_flip_rate", "cf_mean_abs_delta", "dp_gap"):
+        assert df.loc[0, metric] == pytest.approx(res[metric]["value"])
+        assert df.loc[0, f"{metric}_ci_low"] == pytest.approx(res[metric]["ci_low"])
+        assert df[f"{metric}_significant"].dtype == bool
+    assert df.loc[0, "utility_metric"] == "accuracy" and df.loc[0, "n_cases"] == 4 and df.loc[0, "n_requests"] == 32
+    groups = pd.read_csv(out.with_name("demo.groups.csv"))
+    assert set(groups["attribute"]) == {"race", "gender", "intersection"} and len(groups) == 4 + 2 + 8
+    md = out.with_name("demo.md").read_text()
+    assert "| model | utility | cf_flip_rate | cf_mean_abs_delta | dp_gap | worst group | n | invalid rate |" in md
+    assert "## Glossary" in md and "## Per-group detail" in md and str(tmp_path) not in md
+    for png in ("demo.qpain-demo.zero_shot.groups.png", "demo.tradeoff.png"):
+        assert f"]({png})" in md and out.with_name(png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_leaderboard_newer_replaces_older_and_derived_follow_base(tiny_run, tmp_path):
+    old = _copy(tiny_run, tmp_path / "old")
+    new = _copy(tiny_run, tmp_path / "new")
+    derived = _copy(tiny_run, tmp_path / "derived")
+    other = _copy(tiny_run, tmp_path / "other")
+    _edit_results(old, finished_at=1000.0)
+    _edit_results(new, finished_at=2000.0, seed=7)
+    _edit_results(derived, finished_at=1500.0, model="tiny+steer", base_model="tiny")
+    _set_logprobs(other, _fair)
+    _edit_results(other, finished_at=1500.0, model="aaa-fair")
+    out = tmp_path / "lb" / "suite"
+    assert main(["leaderboard", str(new), str(derived), "-o", str(out), "--no-plots"]) == 0
+    assert main(["leaderboard", str(old), str(other), "-o", str(out), "--no-plots"]) == 0  # old must not win
+    df = pd.read_csv(out.with_name("suite.csv"))
+    assert list(df["model"]) == ["aaa-fair", "tiny", "tiny+steer"]  # fairest first; derived after base
+    assert df.set_index("model").loc["tiny", "seed"] == 7
+    assert "↳ tiny+steer" in out.with_name("suite.md").read_text()
+    # a second suite lives side by side
+    assert main(["leaderboard", str(old), "-o", str(tmp_path / "lb" / "other"), "--no-plots"]) == 0
+    assert len(pd.read_csv(out.with_name("suite.csv"))) == 3 and len(pd.read_csv(out.with_name("other.csv"))) == 1
+
+
+def test_leaderboard_concurrent_writers_keep_every_row(tiny_run, tmp_path):
+    dirs = []
+    for i in range(4):
+        d = _copy(tiny_run, tmp_path / f"m{i}")
+        _edit_results(d, model=f"model-{i}")
+        dirs.append(d)
+    out = tmp_path / "lb" / "race"
+    code = "import sys; from pathlib import Path; from benchmark.leaderboard import update; update([Path(sys.argv[1])], Path(sys.argv[2]), plots=False)"
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(d), str(out)]) for d in dirs]
+    assert all(p.wait(timeout=120) == 0 for p in procs)
+    df = pd.read_csv(out.with_name("race.csv"))
+    assert sorted(df["model"]) == [f"model-{i}" for i in range(4)]
+    assert len(pd.read_csv(out.with_name("race.groups.csv"))) == 4 * 14
+
+
+def test_leaderboard_bad_input_is_a_usage_error(tmp_path, capsys):
+    assert main(["leaderboard", str(tmp_path / "nope"), "-o", str(tmp_path / "x")]) == 2
+    assert "results.json not found" in capsys.readouterr().err
+
+
+# ----- fairbench check -----
+
+@pytest.fixture()
+def fair_and_biased(tiny_run, tmp_path):
+    base = _copy(tiny_run, tmp_path / "runs" / "base")
+    _set_logprobs(base, _fair)
+    cand = _copy(tiny_run, tmp_path / "cand")
+    _set_logprobs(cand, _biased)
+    csv = tmp_path / "lb" / "base"
+    assert main(["leaderboard", str(base), "-o", str(csv), "--no-plots"]) == 0
+    return base, cand, csv.with_name("base.csv")
+
+
+def test_check_passes_against_itself_paired_and_by_ci(fair_and_biased, capsys):
+    base, _, csv = fair_and_biased
+    assert main(["check", "--baseline", str(csv), "--candidate", str(base), "--runs-dir", str(base.parent)]) == 0
+    assert "paired bootstrap over 4 common cases" in capsys.readouterr().out
+    assert main(["check", "--baseline", str(csv), "--candidate", str(base), "--runs-dir", str(base / "elsewhere")]) == 0
+    assert "95% CIs compared" in capsys.readouterr().out
+
+
+def test_check_fails_on_planted_regression(fair_and_biased, capsys):
+    base, cand, csv = fair_and_biased
+    assert main(["check", "--baseline", str(csv), "--candidate", str(cand), "--baseline-model", "tiny", "--baseline-run", str(base)]) == 1
+    out = capsys.readouterr().out
+    assert "Fairness regressions" in out and "REGRESSED" in out and "paired bootstrap" in out
+    # without the baseline's per-request data the CI comparison catches it too
+    assert main(["check", "--baseline", str(csv), "--candidate", str(cand), "--runs-dir", str(cand / "none")]) == 1
+    # a tolerance as large as the metric's range lets it pass
+    tol = ["--max-increase", "cf_flip_rate=1", "--max-increase", "dp_gap=1", "--max-increase", "cf_mean_abs_delta=1"]
+    assert main(["check", "--baseline", str(csv), "--candidate", str(cand), "--baseline-run", str(base), *tol]) == 0
+
+
+def test_paired_per_case_metrics_match_the_audit(fair_and_biased):
+    from benchmark.check import _reference_variant, load_rows, per_case
+    import numpy as np
+
+    _, cand, _ = fair_and_biased
+    res = json.loads((cand / "results.json").read_text())
+    rows = load_rows(cand, "treat")
+    pc = per_case(rows, {(r["case_id"], r["variant"]) for r in rows}, _reference_variant(res, "treat"), binary=True)
+    everyone = np.arange(len(pc.cases))
+    for metric in ("cf_flip_rate", "cf_mean_abs_delta", "dp_gap"):
+        assert pc.value(metric, everyone) == pytest.approx(res["metrics"][metric]["value"], abs=1e-6), metric
+    assert pc.value("invalid_rate", everyone) == pytest.approx(res["metrics"]["invalid_rate_ci"]["value"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--baseline", "missing.csv"], "not found"),
+    (["--max-increase", "accuracy=0.1"], "expected METRIC=DELTA"),
+    (["--max-increase", "dp_gap=lots"], "must be a number"),
+    (["--baseline-model", "nobody"], "choose one with --baseline-model"),
+])
+def test_check_usage_errors_exit_2(fair_and_biased, tmp_path, capsys, args, message):
+    base, _, csv = fair_and_biased
+    argv = ["check", "--baseline", str(csv), "--candidate", str(base)]
+    if args[0] == "--baseline":
+        argv[2] = str(tmp_path / args[1])
+        args = []
+    assert main(argv + args) == 2
+    assert message in capsys.readouterr().err
