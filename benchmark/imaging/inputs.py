@@ -36,7 +36,7 @@ class TensorView(Dataset):
     def __getitem__(self, i: int):
         x = to_tensor(self.ds.read(i), self.size, self.channels, self.mean, self.std)
         t = self.targets[i]
-        target = torch.as_tensor(t, dtype=torch.long if self.ds.label_type == "multiclass" else torch.float32)
+        target = torch.tensor(np.array(t), dtype=torch.long if self.ds.label_type == "multiclass" else torch.float32)
         return x, target, i
 
 
