@@ -48,6 +48,14 @@ def endpoint_frame(rows: list[dict], card) -> tuple[pd.DataFrame, dict]:
             thresholds[label] = r6(t)
             df[f"d:{label}"] = (P[:, j] >= t).astype(float)
             df[f"d05:{label}"] = (P[:, j] >= 0.5).astype(float)
+            own = [r.get("decisions") for r in rows]
+            if any(d is not None and d[j] is not None for d in own):
+                # The backend made its own decisions (e.g. group-specific thresholds post-processed on
+                # validation, mitigations/recipe.py); rows without one keep the tuned threshold.
+                has = np.array([d is not None and d[j] is not None for d in own])
+                df.loc[has, f"d:{label}"] = [float(d[j]) for d in own if d is not None and d[j] is not None]
+                notes.append(f"{label}: decisions made by the backend (post-processing fitted on validation); "
+                             f"{int((~has).sum())} row(s) use the tuned threshold")
     return df, {"thresholds": thresholds, "notes": notes}
 
 
