@@ -61,7 +61,11 @@ def parse_answer(text: str | None, options: list[str], wordings: list[str] | Non
             return hits.pop()
     start = re.match(r"\W*([A-Za-z0-9]+)", text)
     if start and start.group(1).lower() in lowered:
-        return lowered[start.group(1).lower()]
+        # "Yes or No?" echoes the question: the first sentence must not name another option.
+        first = re.split(r"[.!?\n]", text.strip(), maxsplit=1)[0]
+        named = {w.lower() for w in re.findall(r"[A-Za-z0-9]+", first) if w.lower() in lowered}
+        if len(named) == 1:
+            return lowered[start.group(1).lower()]
     mentioned = {lowered[w.lower()] for w in re.findall(r"[A-Za-z0-9]+", text) if w.lower() in lowered}
     if len(mentioned) == 1:
         return mentioned.pop()
