@@ -17,6 +17,7 @@ def _run(cli, capsys, *args) -> Path:
     return Path(capsys.readouterr().out.strip().splitlines()[-1])
 
 
+@pytest.mark.integration
 def test_steering_pipeline(tmp_path, tiny_models_file, cli, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = tmp_path / "steer.yaml"
@@ -65,6 +66,7 @@ def test_identity_steering_leaves_logprobs_unchanged(tmp_path, tiny_llama_dir):
     assert torch.is_tensor(next(be.model.parameters()))
 
 
+@pytest.mark.integration
 def test_simpo_distill_one_step(tmp_path, tiny_models_file, cli, capsys, monkeypatch):
     monkeypatch.setenv("TRL_EXPERIMENTAL_SILENCE", "1")
     monkeypatch.chdir(tmp_path)
