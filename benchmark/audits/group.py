@@ -88,9 +88,11 @@ def _spread(x: np.ndarray) -> float:
     return float(x.max() - x.min()) if len(x) >= 2 else float("nan")
 
 
-def gap_metrics(y, p, d, codes, n_groups, bins, underdiag_is_fpr, min_n) -> dict[str, float]:
+def gap_metrics(y, p, d, codes, n_groups, bins, underdiag_is_fpr, include=None) -> dict[str, float]:
+    """``include``: the groups that enter the gaps, fixed from the observed data (not re-decided
+    in each bootstrap resample, which would change the estimand); default all."""
     v = group_values(y, p, d, codes, n_groups, bins, underdiag_is_fpr)
-    big = v["n"] >= min_n
+    big = np.ones(n_groups, bool) if include is None else np.asarray(include, bool)
     auc_ok = big & ~np.isnan(v["auc"])
     overall_auc = fast_auc(y, p)
     aucs = v["auc"][auc_ok]
@@ -236,9 +238,10 @@ class GroupAudit:
             if small:
                 self.warnings.append(f"{e}/{attr}: group(s) {', '.join(small)} have fewer than {self.cfg.min_group_size} images; left out of the gaps")
             kc = _Clusters(sub.loc[known, "patient_id"].astype(str).to_numpy())
+            include = np.array([not table[g]["small"] for g in names])
             res = {"groups": table, "n_unknown": int((~known).sum()), "small_groups": small}
             def all_gaps(r):
-                args = (codes[r], len(names), bins, underdiag_is_fpr, self.cfg.min_group_size)
+                args = (codes[r], len(names), bins, underdiag_is_fpr, include)
                 tuned = gap_metrics(yk[r], pk[r], dk[r], *args)
                 fixed = gap_metrics(yk[r], pk[r], d05k[r], *args)
                 return {**tuned, "dp_gap_at_0.5": fixed["dp_gap"], "eod_at_0.5": fixed["eod"]}
