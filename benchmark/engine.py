@@ -155,7 +155,8 @@ def run(spec: RunSpec, quiet: bool = False) -> Path:
     n_cases_total = len(cases)
     from .mitigations.split import restrict  # held-out cases of a derived model (issue 7)
 
-    cases, split_info = restrict(cases, models.get(spec.cases_from) if spec.cases_from else model_spec, card.name)
+    cases, split_info = restrict(cases, models.get(spec.cases_from) if spec.cases_from else model_spec, card.name,
+                                 required=spec.cases_from is not None)
     if spec.limit is not None:
         cases = cases[: spec.limit]
     variants = expand(cases, card.counterfactual, spec.seed, report)

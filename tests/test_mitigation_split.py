@@ -43,6 +43,10 @@ def test_restrict_uses_only_heldout_cases(tmp_path):
     assert restrict(cases, spec, "other-task")[1]["eval_split"] == "all"
     with pytest.raises(FairbenchError, match="not in task"):
         restrict(cases[:3], spec, "qpain-demo")
+    plain = ModelSpec(name="m", backend="hf", model="m")
+    assert restrict(cases, plain, "qpain-demo")[1] == {"eval_split": "all"}
+    with pytest.raises(FairbenchError, match="no held-out split"):
+        restrict(cases, plain, "qpain-demo", required=True)
 
 
 def test_training_precision_is_chosen_by_device(monkeypatch):

@@ -66,10 +66,14 @@ def read_split(path: str | Path) -> dict:
     return data
 
 
-def restrict(cases: list[Case], split_source, task: str) -> tuple[list[Case], dict]:
+def restrict(cases: list[Case], split_source, task: str, required: bool = False) -> tuple[list[Case], dict]:
     """Keep only the evaluation cases of ``split_source`` (a ModelSpec with ``eval_cases``) when its
-    split belongs to ``task``. Returns the cases and the ``run`` info to record."""
+    split belongs to ``task``. Returns the cases and the ``run`` info to record. ``required``: the
+    user named ``split_source`` (``--cases-from``), so it must have a split."""
     if split_source is None or not split_source.eval_cases:
+        if required:
+            raise FairbenchError(f'--cases-from {split_source.name}: that model has no held-out split (models.yaml field '
+                                 f'eval_cases); name a derived model registered by `fairbench mitigate`.')
         return cases, {"eval_split": "all"}
     split = read_split(split_source.eval_cases)
     if split["task"] != task:
