@@ -151,3 +151,35 @@ def test_seeds_summary(tmp_path, imaging_env, cli):
     targets = {t["target"] for t in summary["tests"]}
     assert "lesion/sex/auc: female vs male" in targets and "lesion/age_group/auc across groups" in targets
     assert all(t["paired"] for t in summary["tests"])
+
+
+def test_clip_backend_zero_shot_on_tiny_random_clip(tmp_path):
+    """A tiny random CLIP (weights + BPE tokenizer + image processor built here) scores synth images."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizerFast, PreTrainedTokenizerFast
+
+    from benchmark.config import ModelSpec
+    from benchmark.imaging.backends.clip import CLIPBackend
+    from benchmark.imaging.engine import limit_dataset, load_dataset
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.train_from_iterator(["a chest x-ray with a lung lesion", "a normal chest x-ray radiograph clear lungs nodule"],
+                            trainers.BpeTrainer(vocab_size=120, special_tokens=["<unk>", "<|startoftext|>", "<|endoftext|>"]))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<|startoftext|>",
+                                   eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    torch.manual_seed(0)
+    cfg = CLIPConfig(text_config={"vocab_size": len(fast), "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                                  "num_attention_heads": 2, "max_position_embeddings": 32, "eos_token_id": fast.eos_token_id},
+                     vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                                    "image_size": 32, "patch_size": 8}, projection_dim=8)
+    CLIPModel(cfg).save_pretrained(tmp_path)
+    CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+                  tokenizer=fast).save_pretrained(tmp_path)
+    card = load_task("synth-xray")
+    card = card.model_copy(update={"loader_options": {**card.loader_options, "n": 60}})
+    ds = limit_dataset(load_dataset(card, None), 5).split("test")
+    backend = CLIPBackend(ModelSpec(name="tiny-clip", backend="clip", model=str(tmp_path), device="cpu"), card)
+    preds = backend.predict(ds)
+    assert len(preds) == len(ds) and all(0 < p["probs"][0] < 1 for p in preds)
