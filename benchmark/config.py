@@ -18,7 +18,7 @@ MODELS_ENV = "FAIRBENCH_MODELS_FILE"
 
 class GenerationDefaults(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    max_new_tokens: int = Field(256, gt=0)
+    max_new_tokens: int = Field(256, gt=0, le=131072)
     temperature: float = Field(0.0, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
 
@@ -61,8 +61,8 @@ class ModelSpec(BaseModel):
     @field_validator("batch_size")
     @classmethod
     def _positive_batch(cls, v):
-        if isinstance(v, int) and v <= 0:
-            raise ValueError("must be a positive integer or 'auto'")
+        if isinstance(v, int) and not 0 < v <= 65536:
+            raise ValueError("must be an integer from 1 to 65536, or 'auto'")
         return v
 
     def resolved_model_path(self) -> str:

@@ -124,7 +124,14 @@ class PromptMode(_Strict):
     # "label. wording" line per option), {examples} and any case field.
     template: str
     examples: str | None = None  # file in the task directory with worked examples
-    max_new_tokens: int | None = None
+    max_new_tokens: int | None = Field(None, gt=0, le=131072)
+
+    @field_validator("examples")
+    @classmethod
+    def _examples_inside(cls, v):
+        if v is not None and (Path(v).is_absolute() or ".." in Path(v).parts):
+            raise ValueError(f"{v!r}: the examples file must stay inside the task directory")
+        return v
 
 
 class DataSpec(_Strict):
@@ -134,6 +141,13 @@ class DataSpec(_Strict):
     sha256: dict[str, str] = Field(default_factory=dict)
     source: str = ""  # human-readable provenance and licence
     download: dict[str, str] = Field(default_factory=dict)  # file -> URL
+
+    @field_validator("subdir")
+    @classmethod
+    def _subdir_inside(cls, v):
+        if Path(v).is_absolute() or ".." in Path(v).parts:
+            raise ValueError(f"{v!r}: subdir must stay inside the data directory")
+        return v
 
     @field_validator("bundled", "files")
     @classmethod
@@ -148,7 +162,7 @@ class AuditSpec(_Strict):
     min_group_size: int = Field(10, ge=1)
     correction: Literal["holm", "fdr_bh"] = "holm"
     alpha: float = Field(0.05, gt=0, lt=1)
-    n_boot: int = Field(2000, ge=100)
+    n_boot: int = Field(2000, ge=100, le=1_000_000)
 
 
 class TaskCard(_Strict):

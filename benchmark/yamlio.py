@@ -29,7 +29,8 @@ def read_yaml(path: Path) -> Any:
 
 def validation_message(path: Path, prefix: str, exc: ValidationError) -> FairbenchError:
     """Turn the first pydantic error into one line: file, dotted field, problem."""
-    err = exc.errors()[0]
+    # A misspelt field gives "unknown field" and "field required": name the unknown one first.
+    err = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
     field = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "")
     extra = f" ({len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
     msg = err["msg"]
