@@ -145,6 +145,14 @@ def first_token_logprobs(response: dict, options: list[str]) -> tuple[list[float
     return scores, matched
 
 
+def image_messages(messages: list[dict], data_urls: list[str]) -> list[dict]:
+    """The last (user) message with the images as ``image_url`` content parts before the text: the
+    OpenAI vision format, which ``vllm serve`` of a VLM accepts (images as base64 data URLs)."""
+    last = messages[-1]
+    parts = [{"type": "image_url", "image_url": {"url": url}} for url in data_urls]
+    return [*messages[:-1], {"role": last["role"], "content": [*parts, {"type": "text", "text": last["content"]}]}]
+
+
 def generated_text(response: dict, endpoint: str) -> str:
     path = "choices.0.text" if endpoint == "completions" else "choices.0.message.content"
     text = _get(response, path)
@@ -212,6 +220,8 @@ class Client:
 
 class OpenAIBackend(Backend):
     name = "openai"
+    # Imaging tasks run through this backend's imaging form, which sends the images (served VLMs).
+    imaging_backend = "openai-vlm"
 
     @classmethod
     def check(cls, spec: ModelSpec) -> None:
@@ -307,15 +317,26 @@ class OpenAIBackend(Backend):
             extra["boundary_merged"] = merged
         return Result(scores, None, context, n_prompt, time.perf_counter() - t0, extra)
 
-    def _chat_payload(self, r: Request, **kw) -> dict:
-        return {"model": self.spec.model, "messages": prompting.messages(self.spec, r.prompt), "seed": r.seed, **kw}
+    def _chat_payload(self, r: Request, images: tuple[str, ...] = (), **kw) -> dict:
+        messages = prompting.messages(self.spec, r.prompt)
+        if images:
+            messages = image_messages(messages, list(images))
+        return {"model": self.spec.model, "messages": messages, "seed": r.seed, **kw}
 
-    def _score_chat(self, r: Request) -> Result:
+    # ---------- image inputs (chat endpoint only: /completions takes no images) ----------
+    def score_choices_with_images(self, requests: list[Request], images: list[tuple[str, ...]]) -> list[Result]:
+        """Choice scoring as ``_score_chat``, each request with its images (data URLs)."""
+        return self._parallel(lambda item: self._score_chat(*item), list(zip(requests, images)))
+
+    def generate_with_images(self, requests: list[Request], images: list[tuple[str, ...]]) -> list[Result]:
+        return self._parallel(lambda item: self._generate_one(*item), list(zip(requests, images)))
+
+    def _score_chat(self, r: Request, images: tuple[str, ...] = ()) -> Result:
         t0 = time.perf_counter()
         rendered = json.dumps(prompting.messages(self.spec, r.prompt), ensure_ascii=False)
         resp = self.client.post(
             "chat/completions",
-            self._chat_payload(r, max_tokens=1, temperature=0.0, logprobs=True, top_logprobs=self.top_logprobs),
+            self._chat_payload(r, images, max_tokens=1, temperature=0.0, logprobs=True, top_logprobs=self.top_logprobs),
         )
         scores, matched = first_token_logprobs(resp, r.options)
         n_prompt = int((resp.get("usage") or {}).get("prompt_tokens") or 0)
@@ -324,7 +345,7 @@ class OpenAIBackend(Backend):
             return Result(scores, None, rendered, n_prompt, time.perf_counter() - t0, extra)
         # Some option's first token is not among the top log-probabilities: generate and parse.
         missing = [o for o, s in zip(r.options, scores) if s is None]
-        gen = self.client.post("chat/completions", self._chat_payload(r, max_tokens=self.fallback_max_tokens, temperature=0.0))
+        gen = self.client.post("chat/completions", self._chat_payload(r, images, max_tokens=self.fallback_max_tokens, temperature=0.0))
         extra = {"endpoint": "chat", "choice_fallback": "generate",
                  "reason": f"first token of {missing} not among top {self.top_logprobs} log-probabilities"}
         return Result(None, generated_text(gen, "chat"), rendered, n_prompt, time.perf_counter() - t0, extra)
@@ -333,20 +354,20 @@ class OpenAIBackend(Backend):
     def generate(self, requests: list[Request]) -> list[Result]:
         return self._parallel(self._generate_one, requests)
 
-    def _generate_one(self, r: Request) -> Result:
+    def _generate_one(self, r: Request, images: tuple[str, ...] = ()) -> Result:
         sampling = {"max_tokens": r.max_new_tokens, "temperature": r.temperature, "seed": r.seed}
         if r.temperature > 0:
             sampling["top_p"] = self.spec.generation.top_p
         t0 = time.perf_counter()
-        if self.endpoint == "completions":
+        if self.endpoint == "completions" and not images:
             rendered = self._render(r.prompt)
             resp = self.client.post("completions", {"model": self.spec.model, "prompt": rendered, **sampling})
         else:
             rendered = json.dumps(prompting.messages(self.spec, r.prompt), ensure_ascii=False)
-            resp = self.client.post("chat/completions", self._chat_payload(r, **sampling))
-        text = generated_text(resp, self.endpoint)
+            resp = self.client.post("chat/completions", self._chat_payload(r, images, **sampling))
+        text = generated_text(resp, "chat" if images else self.endpoint)
         n_prompt = int((resp.get("usage") or {}).get("prompt_tokens") or 0)
-        return Result(None, text, rendered, n_prompt, time.perf_counter() - t0, {"endpoint": self.endpoint})
+        return Result(None, text, rendered, n_prompt, time.perf_counter() - t0, {"endpoint": "chat" if images else self.endpoint})
 
     def close(self) -> None:
         self.client.close()
