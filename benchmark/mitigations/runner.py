@@ -63,6 +63,12 @@ def mitigate(
     if base.base is not None:
         raise FairbenchError(f'model "{model}" is itself derived (from {base.base}); mitigate its base model instead.')
     card = load_task(task, tasks_dir)
+    if getattr(card, "kind", "text") == "imaging":  # train/val only, recipe models (mitigations/imaging.py)
+        from .imaging import mitigate_imaging
+
+        return mitigate_imaging(method, config, base, card, models, seed, output_dir, data_dir, quiet, t0)
+    if getattr(method, "imaging", False):
+        raise FairbenchError(f"mitigation {method.name} works on imaging tasks only; task {card.name} is a text task.")
     mode = prompt_mode or card.default_mode
     if mode not in card.prompt_modes:
         from ..errors import unknown
