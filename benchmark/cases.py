@@ -22,3 +22,15 @@ class LoadReport:
 
     quirks: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+
+
+def first_cases(cases: list[Case], n: int) -> list[Case]:
+    """The rows of the first ``n`` distinct case ids (pre-expanded data has several rows per case)."""
+    keep: set[str] = set()
+    out = []
+    for c in cases:
+        if c.case_id not in keep and len(keep) >= n:
+            continue
+        keep.add(c.case_id)
+        out.append(c)
+    return out

@@ -152,13 +152,15 @@ def run(spec: RunSpec, quiet: bool = False) -> Path:
     fingerprint = backend_cls.fingerprint(model_spec)
 
     cases, report, files = load_cases(card, spec.data_dir)
-    n_cases_total = len(cases)
+    n_cases_total = len({c.case_id for c in cases})
     from .mitigations.split import restrict  # held-out cases of a derived model (issue 7)
 
     cases, split_info = restrict(cases, models.get(spec.cases_from) if spec.cases_from else model_spec, card.name,
                                  required=spec.cases_from is not None)
     if spec.limit is not None:
-        cases = cases[: spec.limit]
+        from .cases import first_cases
+
+        cases = first_cases(cases, spec.limit)  # N case ids, all their (pre-expanded) rows
     variants = expand(cases, card.counterfactual, spec.seed, report)
     requests = build_requests(
         card, variants, mode, spec.seed,
@@ -203,7 +205,7 @@ def run(spec: RunSpec, quiet: bool = False) -> Path:
         "prompt_mode": mode,
         "seed": spec.seed,
         "limit": spec.limit,
-        "n_cases": len(cases),
+        "n_cases": len({c.case_id for c in cases}),
         "n_cases_available": n_cases_total,
         "model_fingerprint": fingerprint,
         **split_info,

@@ -164,3 +164,11 @@ def test_per_case_options_parse_and_reject_garbage():
     assert labels == ["a", "b"] and words == ["Go home.", "Admit."]
     with pytest.raises(FairbenchError, match="field option_items of question choice"):
         question_options(q, {"option_items": "['no label here', 'nor here']"}, "f.csv:2")
+
+
+def test_limit_counts_case_ids_not_rows():
+    from benchmark.cases import first_cases
+
+    rows = [Case(f"c{i // 8}", {}, attributes={"race": str(i % 8)}) for i in range(24)]
+    kept = first_cases(rows, 2)
+    assert len(kept) == 16 and {c.case_id for c in kept} == {"c0", "c1"}
