@@ -49,10 +49,12 @@ def run(spec, card, quiet: bool = False) -> Path:
     seed_everything(spec.seed)
     model_spec = load_models(spec.models_file).get(spec.model)
     backend_cls = get("backends", model_spec.backend)
+    if not getattr(backend_cls, "imaging", False) and getattr(backend_cls, "imaging_backend", None):
+        backend_cls = get("backends", backend_cls.imaging_backend)  # e.g. openai -> openai-vlm (sends the images)
     if not getattr(backend_cls, "imaging", False):
         raise FairbenchError(
             f'task {card.name} is an imaging task but model "{model_spec.name}" uses the text backend '
-            f'"{model_spec.backend}". Use a classifier, clip or vlm model (fairbench list models).'
+            f'"{model_spec.backend}". Use a classifier, clip, vlm or openai (served VLM) model (fairbench list models).'
         )
     backend_cls.check(model_spec)
     fingerprint = backend_cls.fingerprint(model_spec)

@@ -9,6 +9,7 @@ import pandas as pd
 from .. import SCHEMA_VERSION
 from ..registry import get
 from ..stats import r6
+from .answers import row_from_answers
 from .thresholds import tune_threshold
 
 HEADLINE = ("accuracy", "auc")
@@ -17,6 +18,8 @@ HEADLINE = ("accuracy", "auc")
 def endpoint_frame(rows: list[dict], card) -> tuple[pd.DataFrame, dict]:
     """One row per image with ``y:e`` / ``p:e`` / ``d:e`` / ``d05:e`` per endpoint; thresholds are
     tuned on the validation rows only and applied unchanged to test."""
+    # VLM rows keep the model's answers: Φ is applied here, so a changed vocabulary needs no model re-run.
+    rows = [{**r, **row_from_answers(r["vlm_answers"], card)} if r.get("vlm_answers") else r for r in rows]
     df = pd.DataFrame.from_records(
         [{k: r.get(k) for k in ("id", "patient_id", "split", "sex", "age_group", "race", "valid")} for r in rows]
     )

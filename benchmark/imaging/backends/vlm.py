@@ -1,0 +1,164 @@
+"""``vlm``: HF LLaVA-family models (e.g. LLaVA-Med in HF Llava format) asked the card's question.
+
+Loading: ``LlavaForConditionalGeneration`` + ``AutoProcessor`` from a local directory or hub id
+(``extra.model_class: auto`` uses ``AutoModelForImageTextToText`` for other image-text families).
+The prompt is the processor's chat template with an image and the question; without one,
+``extra.prompt_template`` (default ``"USER: <image>\\n{question} ASSISTANT:"``).
+
+Choice scoring reads log P(option | image, prompt), as the text ``hf`` backend does:
+- single-token options: one batched forward pass over (image, question) pairs, last position only;
+- multi-token options: the image + prompt run once, its KV cache is repeated for the options, and
+  the continuations are scored in one batched pass.
+Generation is greedy (``vlm.max_new_tokens``); Φ (imaging/answers.py) maps the text to an option.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from ...backends import prompting
+from ...device import pick_dtype
+from ...errors import FairbenchError
+from ...hashing import sha256_tree
+from .asking import AskingBackend
+
+DEFAULT_TEMPLATE = "USER: <image>\n{question} ASSISTANT:"
+EXTRA = {"model_class", "prompt_template", "batch_images"}
+
+
+def _is_local(model: str) -> bool:
+    return model.startswith((".", "/", "~")) or os.path.exists(os.path.expanduser(model))
+
+
+class VLMBackend(AskingBackend):
+    name = "vlm"
+
+    @classmethod
+    def check(cls, spec) -> None:
+        unknown = set(spec.extra) - EXTRA
+        if unknown:
+            raise FairbenchError(f'model "{spec.name}": unknown extra setting(s) {sorted(unknown)} for the vlm backend; known: {sorted(EXTRA)}.')
+        if spec.extra.get("model_class", "llava") not in ("llava", "auto"):
+            raise FairbenchError(f'model "{spec.name}": extra.model_class must be llava or auto.')
+        if _is_local(spec.model) and not Path(os.path.expanduser(spec.model)).is_dir():
+            raise FairbenchError(f'model "{spec.name}": model path {spec.model} does not exist. Fix "model" in models.yaml.')
+        template = spec.extra.get("prompt_template", DEFAULT_TEMPLATE)
+        if "{question}" not in template:
+            raise FairbenchError(f'model "{spec.name}": extra.prompt_template must contain {{question}}.')
+
+    @classmethod
+    def fingerprint(cls, spec) -> str:
+        cls.check(spec)
+        path = os.path.expanduser(spec.model)
+        weights = "dir:" + sha256_tree(Path(path)) if _is_local(spec.model) else f"hub:{spec.model}@{spec.revision or 'main'}"
+        settings = {"backend": cls.name, "weights": weights, "dtype": spec.dtype, "chat_template": spec.chat_template,
+                    "system_prompt": spec.system_prompt, "extra": {k: v for k, v in spec.extra.items() if k != "batch_images"}}
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+    def __init__(self, spec, card, seed: int = 0, quiet: bool = True):
+        super().__init__(spec, card, seed, quiet)
+        self.check(spec)
+        from transformers import AutoModelForImageTextToText, AutoProcessor, LlavaForConditionalGeneration
+
+        cls = AutoModelForImageTextToText if spec.extra.get("model_class") == "auto" else LlavaForConditionalGeneration
+        source = os.path.expanduser(spec.model)
+        common = {"trust_remote_code": spec.trust_remote_code}
+        if spec.revision and not _is_local(spec.model):
+            common["revision"] = spec.revision
+        self.dtype = pick_dtype(spec.dtype, self.device)
+        t0 = time.perf_counter()
+        try:
+            self.processor = AutoProcessor.from_pretrained(source, **common)
+            self.model = cls.from_pretrained(source, dtype=self.dtype, **common)
+        except OSError as exc:
+            raise FairbenchError(f'model "{spec.name}": cannot load a VLM from {spec.model!r} ({str(exc).splitlines()[0]}).') from None
+        self.model.to(self.device).eval()
+        self.load_seconds = time.perf_counter() - t0
+        self.tokenizer = self.processor.tokenizer
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer.padding_side = "left"
+        has_template = bool(getattr(self.processor, "chat_template", None))
+        self.use_chat = has_template if spec.chat_template is None else bool(spec.chat_template)
+        if self.use_chat and not has_template:
+            raise FairbenchError(f'model "{spec.name}": chat_template is true but the processor has none; set extra.prompt_template instead.')
+        self.template = spec.extra.get("prompt_template", DEFAULT_TEMPLATE)
+        self.batch_images = int(spec.extra.get("batch_images", 8 if self.device.type == "cuda" else 4))
+
+    def describe(self) -> dict:
+        return {**super().describe(), "dtype": str(self.dtype).removeprefix("torch."), "chat_template": self.use_chat,
+                "load_seconds": round(self.load_seconds, 3)}
+
+    # ---------- prompts ----------
+    def render(self, question: str) -> str:
+        if not self.use_chat:
+            return self.template.format(question=question)
+        messages = []
+        if self.spec.system_prompt:
+            messages.append({"role": "system", "content": [{"type": "text", "text": self.spec.system_prompt}]})
+        messages.append({"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]})
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True)
+
+    def _inputs(self, images: list, prompts: list[str]) -> dict:
+        texts = [self.render(p) for p in prompts]
+        # A rendered chat template holds its special tokens; a plain template gets the tokenizer's BOS rule.
+        batch = self.processor(images=images, text=texts, padding=True, return_tensors="pt", add_special_tokens=not self.use_chat)
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        if "pixel_values" in batch:
+            batch["pixel_values"] = batch["pixel_values"].to(self.dtype)
+        return batch
+
+    def _option_ids(self, option: str) -> list[int]:
+        ids = self.tokenizer(prompting.continuation(option, self.use_chat), add_special_tokens=False).input_ids
+        if not ids:
+            raise FairbenchError(f"task {self.card.name}: vlm option {option!r} encodes to no tokens.")
+        return ids
+
+    # ---------- choice scoring ----------
+    @torch.inference_mode()
+    def choose(self, images: list, prompts: list[str], options: list[str]) -> list[dict]:
+        option_ids = [self._option_ids(o) for o in options]
+        if all(len(o) == 1 for o in option_ids):
+            batch = self._inputs(images, prompts)
+            out = self.model(**batch, logits_to_keep=1, use_cache=False)
+            logp = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1).cpu()
+            return [{"option_logprobs": [float(logp[i, o[0]]) for o in option_ids]} for i in range(len(prompts))]
+        return [{"option_logprobs": self._score_multi(im, p, option_ids)} for im, p in zip(images, prompts)]
+
+    @torch.inference_mode()
+    def _score_multi(self, image, prompt: str, options: list[list[int]]) -> list[float]:
+        batch = self._inputs([image], [prompt])
+        n_ctx = batch["input_ids"].shape[1]
+        out = self.model(**batch, use_cache=True, logits_to_keep=1)
+        first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+        cache = out.past_key_values
+        k = len(options)
+        cache.batch_repeat_interleave(k)
+        width = max(len(o) for o in options)
+        ids = torch.full((k, width), self.tokenizer.pad_token_id, dtype=torch.long, device=self.device)
+        cont_mask = torch.zeros((k, width), dtype=torch.long, device=self.device)
+        for j, o in enumerate(options):
+            ids[j, : len(o)] = torch.tensor(o, device=self.device)
+            cont_mask[j, : len(o)] = 1
+        mask = torch.cat([batch["attention_mask"].expand(k, -1), cont_mask], dim=1)
+        positions = torch.arange(n_ctx, n_ctx + width, device=self.device).expand(k, -1)
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache).logits
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        scores = []
+        for j, o in enumerate(options):
+            scores.append(float(first[o[0]]) + sum(float(logp[j, t - 1, o[t]]) for t in range(1, len(o))))
+        return scores
+
+    # ---------- generation ----------
+    @torch.inference_mode()
+    def generate(self, images: list, prompts: list[str], max_new_tokens: int) -> list[dict]:
+        batch = self._inputs(images, prompts)
+        out = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=self.tokenizer.pad_token_id)
+        new = out[:, batch["input_ids"].shape[1]:]
+        return [{"raw_output": self.tokenizer.decode(row, skip_special_tokens=True)} for row in new]
