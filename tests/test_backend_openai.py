@@ -196,8 +196,8 @@ def test_chat_endpoint_falls_back_to_generation_and_marks_rows(tmp_path):
 
     with FakeServer(handler) as srv:
         models = _models_file(tmp_path, srv.base_url, scoring_endpoint="chat", extra={"top_logprobs": 5})
-        assert main(["run", "--model", "fake", "--limit", "3", "-o", str(tmp_path / "runs"), "--models-file", str(models), "-q"]) == 0
-    rows = [json.loads(x) for x in (tmp_path / "runs" / "fake__qpain-demo__zero_shot__seed0__limit3" / "requests.jsonl").read_text().splitlines()]
+        assert main(["run", "--model", "fake", "--limit", "2", "-o", str(tmp_path / "runs"), "--models-file", str(models), "-q"]) == 0
+    rows = [json.loads(x) for x in (tmp_path / "runs" / "fake__qpain-demo__zero_shot__seed0__limit2" / "requests.jsonl").read_text().splitlines()]
     fallback = [r for r in rows if r["extra"].get("choice_fallback")]
     direct = [r for r in rows if not r["extra"].get("choice_fallback")]
     assert fallback and direct

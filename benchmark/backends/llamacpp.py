@@ -76,17 +76,24 @@ class LlamaCppBackend(Backend):
         self.check(spec)
         self._lib = llama_cpp
         extra = spec.extra
+        # llama.cpp's OpenMP workers spin-wait at every barrier. torch loads the same libgomp first,
+        # so OMP_WAIT_POLICY cannot be changed here; on an oversubscribed CPU (this project's shared
+        # 2 cores) 2 spinning threads took 24 s for a 57-token prompt, 1 thread 1.5 s. Default: leave
+        # one core free; set extra.n_threads to override.
+        threads = int(extra.get("n_threads") or max(1, (os.cpu_count() or 2) - 1))
         t0 = time.perf_counter()
         self.llm = llama_cpp.Llama(
             model_path=str(gguf_path(spec)),
             n_ctx=int(extra.get("n_ctx", spec.max_length or 4096)),
             n_batch=int(extra.get("n_batch", 512)),
-            n_threads=extra.get("n_threads") or max(1, os.cpu_count() or 1),
+            n_threads=threads,
+            n_threads_batch=threads,
             seed=seed,
             logits_all=False,
             verbose=not quiet and bool(extra.get("verbose", False)),
         )
         self.load_seconds = time.perf_counter() - t0
+        self.threads = threads
         template = self.llm.metadata.get("tokenizer.chat_template")
         self.use_chat = bool(template) if spec.chat_template is None else spec.chat_template
         if self.use_chat and not template:
@@ -108,7 +115,7 @@ class LlamaCppBackend(Backend):
             "llama_cpp_version": getattr(self._lib, "__version__", "?"),
             "chat_template": self.use_chat,
             "load_seconds": round(self.load_seconds, 3),
-            "n_threads": self.llm.n_threads if hasattr(self.llm, "n_threads") else None,
+            "n_threads": self.threads,
         }
 
     # ---------- prompts ----------
