@@ -105,12 +105,12 @@ def imaging_env(tmp_path):
 
     models = tmp_path / "models.yaml"
     models.write_text(yaml.safe_dump({"models": {"vit-test": {"backend": "classifier", "model": "scratch", "extra": {
-        "image_size": 32, "patch_size": 8, "hidden_size": 32, "num_layers": 2, "num_heads": 2, "channels": 1, "epochs": 2, "batch_size": 32}}}}))
+        "image_size": 32, "patch_size": 8, "hidden_size": 16, "num_layers": 1, "num_heads": 2, "channels": 1, "epochs": 2, "batch_size": 32}}}}))
     tasks = tmp_path / "tasks"
     (tasks / "synth-mini").mkdir(parents=True)
     card = yaml.safe_load(open(load_task("synth-xray").directory / "task.yaml"))
     card.update({"name": "synth-mini", "image_size": 32})
-    card["loader_options"]["n"] = 300
+    card["loader_options"]["n"] = 160  # small on purpose: these tests check the run path, not model quality
     card["audit"].update({"n_boot": 100, "attributes": ["sex", "age_group"], "min_group_size": 5})
     (tasks / "synth-mini" / "task.yaml").write_text(yaml.safe_dump(card))
     return models, tasks
