@@ -106,10 +106,20 @@ def leaderboard(
     output: Path = typer.Option(..., "--output", "-o", help="leaderboards/NAME: writes NAME.md, NAME.csv, NAME.groups.csv and PNG plots."),
     sort_by: str = typer.Option("cf_mean_abs_delta", "--sort-by", help="Fairness metric to sort by: cf_mean_abs_delta, cf_flip_rate or dp_gap."),
     no_plots: bool = typer.Option(False, "--no-plots", help="Skip the PNG figures."),
+    reference: Optional[str] = typer.Option(None, "--reference", help="Multi-seed directories (run --seeds N): the model every row is paired-tested against (e.g. ERM)."),
 ) -> None:
     """Merge runs into a leaderboard (one row per model x task x prompt mode; newer runs replace older)."""
     from .leaderboard import update
+    from .leaderboard_seeds import is_seeds_dir
 
+    if run_dirs and all(is_seeds_dir(d) for d in run_dirs):  # `run --seeds N` summaries: mean ± CI, paired tests
+        from .leaderboard_seeds import write
+
+        if reference is None:
+            raise FairbenchError("multi-seed leaderboards need --reference MODEL (the row every model is paired-tested against).")
+        for path in write(run_dirs, output, reference, plots=not no_plots).values():
+            print(path)
+        return
     for path in update(run_dirs, output, sort_by=sort_by, plots=not no_plots).values():
         print(path)
 

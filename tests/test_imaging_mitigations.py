@@ -277,3 +277,47 @@ def test_fairtune_search_saves_mask_and_lr(tmp_path):
     recipe = art.models["fairtune"]["extra"]["recipe"]
     assert 1e-3 <= recipe["lr"] <= 1e-2 and recipe["lr"] == saved["lr"]
     assert len(recipe["mask"]["attention"]) == len(recipe["mask"]["mlp"]) == len(recipe["mask"]["norm"]) == 2
+
+
+# ----- the multi-seed leaderboard -----
+
+def _fake_seeds(root, model, values):
+    from benchmark.seeds import summarize
+    from benchmark.store import dumps
+
+    dirs, results = [], []
+    for seed, (auc, dp) in enumerate(values):
+        d = root / f"{model}__seed{seed}"
+        d.mkdir(parents=True)
+        r = {"kind": "imaging-test", "run": {"model": model, "task": "synth-xray", "seed": seed, "base_model": None}, "n_test": 100,
+             "metrics": {"accuracy": {"value": auc - 0.1}, "auc": {"value": auc}, "dp_gap": {"value": dp}, "eod": {"value": dp},
+                         "worst_group_auc": {"value": auc - 0.05}}}
+        (d / "results.json").write_text(dumps(r))
+        dirs.append(d)
+        results.append(r)
+    out = root / f"{model}__seeds"
+    out.mkdir()
+    (out / "summary.json").write_text(dumps(summarize(results, dirs)))
+    return out
+
+
+def test_seeds_leaderboard_paired_against_reference(tmp_path, cli):
+    erm = _fake_seeds(tmp_path, "erm", [(0.70, 0.30), (0.72, 0.28), (0.71, 0.33), (0.69, 0.31), (0.73, 0.29)])
+    mit = _fake_seeds(tmp_path, "erm+fix", [(0.69, 0.10), (0.72, 0.09), (0.70, 0.14), (0.69, 0.12), (0.72, 0.08)])
+    out = tmp_path / "lb" / "mitigation-imaging"
+    assert cli("leaderboard", str(erm), str(mit), "-o", str(out)) == 2  # --reference is required
+    assert cli("leaderboard", str(erm), str(mit), "-o", str(out), "--reference", "erm") == 0
+    import pandas as pd
+    from scipy import stats as sps
+
+    df = pd.read_csv(out.with_suffix(".csv")).set_index("model")
+    a = [0.10, 0.09, 0.14, 0.12, 0.08]
+    b = [0.30, 0.28, 0.33, 0.31, 0.29]
+    assert df.loc["erm+fix", "dp_gap"] == pytest.approx(np.mean(a), abs=1e-6)
+    assert df.loc["erm+fix", "dp_gap_diff"] == pytest.approx(np.mean(a) - np.mean(b), abs=1e-6)
+    assert df.loc["erm+fix", "dp_gap_p"] == pytest.approx(sps.ttest_rel(a, b).pvalue, rel=1e-4)
+    assert df.loc["erm+fix", "dp_gap_p_holm"] >= df.loc["erm+fix", "dp_gap_p"]
+    half = sps.t.ppf(0.975, 4) * np.std(a, ddof=1) / np.sqrt(5)
+    assert df.loc["erm+fix", "dp_gap_ci_high"] == pytest.approx(np.mean(a) + half, abs=1e-5)
+    md = out.with_suffix(".md").read_text()
+    assert "`erm+fix`" in md and "tradeoff.png" in md and (tmp_path / "lb" / "mitigation-imaging.tradeoff.png").is_file()

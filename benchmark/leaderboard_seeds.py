@@ -1,0 +1,111 @@
+"""Multi-seed leaderboards (``fairbench leaderboard SEEDS_DIR... --reference MODEL``): one row per
+model from the ``summary.json`` of ``fairbench run --seeds N``, every metric as mean ± 95% t-CI
+over seeds, and paired t-tests against the reference model (e.g. ERM) across the shared seeds,
+Holm-corrected per row (``seeds.compare``). Writes NAME.md, NAME.csv and the trade-off plot
+NAME.tradeoff.png (AUC against dp_gap, Pareto frontier)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from .errors import FairbenchError
+from .seeds import compare
+from .store import write_atomic
+
+METRICS = ["accuracy", "auc", "dp_gap", "eod", "worst_group_auc"]
+HIGHER = {"accuracy": True, "auc": True, "worst_group_auc": True, "dp_gap": False, "eod": False}
+
+
+def _load(d: Path) -> tuple[dict, list[dict]]:
+    p = Path(d) / "summary.json"
+    if not p.is_file():
+        raise FairbenchError(f"{d}: no summary.json; pass directories written by `fairbench run --seeds N`.")
+    s = json.loads(p.read_text())
+    runs = []
+    for r in s["runs"]:
+        rp = Path(r) / "results.json"
+        if not rp.is_file():
+            raise FairbenchError(f"{p}: run directory {r} (field runs) has no results.json; re-run the seeds.")
+        runs.append(json.loads(rp.read_text()))
+    return s, runs
+
+
+def is_seeds_dir(d: Path) -> bool:
+    return (Path(d) / "summary.json").is_file()
+
+
+def build(dirs: list[Path], reference: str) -> list[dict]:
+    loaded = [_load(d) for d in dirs]
+    by_model = {s["model"]: (s, runs) for s, runs in loaded}
+    if reference not in by_model:
+        raise FairbenchError(f"--reference {reference!r} is not among the summaries' models {sorted(by_model)}.")
+    ref_runs = by_model[reference][1]
+    rows = []
+    for model, (s, runs) in by_model.items():
+        row = {"task": s["task"], "prompt_mode": "image", "model": model, "eval_split": "test",
+               "base_model": runs[0]["run"].get("base_model"), "n_seeds": len(s["seeds"]),
+               "seeds": " ".join(map(str, s["seeds"])), "n_test": runs[0].get("n_test")}
+        for m in METRICS:
+            e = s["metrics"].get(m, {})
+            row[m], row[f"{m}_ci_low"], row[f"{m}_ci_high"], row[f"{m}_sd"] = e.get("mean"), e.get("ci_low"), e.get("ci_high"), e.get("sd")
+        if model != reference:
+            tests = {t["target"]: t for t in compare(runs, ref_runs)["tests"]}
+            for m in METRICS:
+                t = tests.get(m, {})
+                row[f"{m}_diff"] = t.get("mean_diff")
+                row[f"{m}_p"] = t.get("p_value")
+                row[f"{m}_p_holm"] = t.get("p_adjusted")
+        rows.append(row)
+    rows.sort(key=lambda r: (r["model"] != reference, r["dp_gap"] if r["dp_gap"] is not None else 9))
+    return rows
+
+
+def _cell(r: dict, m: str) -> str:
+    if r.get(m) is None:
+        return "-"
+    txt = f"{r[m]:.3f} [{r[f'{m}_ci_low']:.3f}, {r[f'{m}_ci_high']:.3f}]" if r.get(f"{m}_ci_low") is not None else f"{r[m]:.3f}"
+    p = r.get(f"{m}_p_holm")
+    if r.get(f"{m}_diff") is not None:
+        better = (r[f"{m}_diff"] > 0) == HIGHER[m]
+        mark = ("↑" if better else "↓") if p is not None and p < 0.05 else ""
+        txt += f" Δ{r[f'{m}_diff']:+.3f} p={p:.3g}{mark}" if p is not None else f" Δ{r[f'{m}_diff']:+.3f}"
+    return txt
+
+
+def render(name: str, rows: list[dict], reference: str, plot: str | None) -> str:
+    task = rows[0]["task"]
+    lines = [f"# {name}", "",
+             f"Task `{task}`, test split; every value is the mean over {rows[0]['n_seeds']} seeds with its 95% t-interval. "
+             f"Δ = mean paired difference against `{reference}` across the same seeds; p = paired t-test, Holm-corrected "
+             "over the five metrics of the row; ↑ / ↓ = significantly better / worse (p < 0.05). Thresholds were tuned "
+             "on validation in every run; dp_gap and eod are max − min over the sexes.", "",
+             "| model | " + " | ".join(METRICS) + " |", "|---|" + "---|" * len(METRICS)]
+    for r in rows:
+        lines.append(f"| `{r['model']}` | " + " | ".join(_cell(r, m) for m in METRICS) + " |")
+    if plot:
+        lines += ["", f"![AUC against dp_gap]({plot})"]
+    return "\n".join(lines) + "\n"
+
+
+def write(dirs: list[Path], output: Path, reference: str, plots: bool = True) -> dict[str, Path]:
+    from .leaderboard import output_base
+
+    rows = build(dirs, reference)
+    base = output_base(Path(output))
+    base.parent.mkdir(parents=True, exist_ok=True)
+    out = {"csv": base.with_suffix(".csv"), "md": base.with_suffix(".md")}
+    write_atomic(out["csv"], pd.DataFrame(rows).to_csv(index=False, float_format="%.6g"))
+    plot_name = None
+    if plots:
+        from .plots import tradeoff
+
+        png = base.parent / f"{base.name}.tradeoff.png"
+        prow = [{**r, "utility": r["auc"], "utility_ci_low": r["auc_ci_low"], "utility_ci_high": r["auc_ci_high"],
+                 "utility_metric": "AUC"} for r in rows]
+        if tradeoff(prow, "dp_gap", png):
+            out["png"], plot_name = png, png.name
+    write_atomic(out["md"], render(base.name, rows, reference, plot_name))
+    return out
