@@ -3,17 +3,34 @@
 Finished requests go to a sqlite cache (``cache.sqlite``) keyed by content hash, one transaction
 per batch, so a run killed at any point (even SIGKILL) resumes without recomputing or duplicating.
 ``requests.jsonl`` and ``results.json`` are written whole through a temporary file and rename.
+
+Damage is detected and repaired with a warning (also listed in ``RunStore.repairs``):
+- a cache row whose payload is not a result (truncated, edited) is deleted and recomputed;
+- a cache file that is not a readable sqlite database is moved aside (``cache.sqlite.corrupt``) and
+  refilled from the valid rows of ``requests.jsonl``, so only the rest is recomputed;
+- a truncated or corrupt line in ``requests.jsonl`` is reported; the run rewrites the file whole.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
 
 from .errors import FairbenchError
+
+log = logging.getLogger(__name__)
+# The fields a backend Result stores (Result.as_dict); a cache payload must hold all of them.
+RESULT_FIELDS = ("option_logprobs", "raw_output", "rendered_prompt", "n_prompt_tokens", "latency_s", "extra")
+# The fields an imaging prediction stores (benchmark/imaging/backends/base.py): a valid payload too.
+IMAGING_FIELDS = ("probs", "valid", "raw_output")
+
+
+def _has_fields(value) -> bool:
+    return isinstance(value, dict) and (all(k in value for k in RESULT_FIELDS) or all(k in value for k in IMAGING_FIELDS))
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -30,17 +47,62 @@ def dumps(obj) -> str:
     return json.dumps(obj, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
 
 
+def _is_result(payload: str) -> bool:
+    try:
+        value = json.loads(payload)
+    except (json.JSONDecodeError, TypeError):
+        return False
+    return _has_fields(value)
+
+
 class RequestCache:
     def __init__(self, path: Path):
         self.path = path
-        self.conn = sqlite3.connect(str(path), timeout=60)
+        self.repairs: list[str] = []
+        self.reset = False  # True when the file was unreadable and started afresh
+        try:
+            self._open()
+        except sqlite3.DatabaseError as exc:
+            self._close_quietly()
+            aside = path.with_name(path.name + ".corrupt")
+            for suffix in ("", "-wal", "-shm"):
+                src = Path(str(path) + suffix)
+                if src.exists():
+                    src.replace(Path(str(aside) + suffix))
+            self._warn(f"{path}: not a readable cache ({exc}); moved to {aside.name} and started afresh")
+            self.reset = True
+            self._open()
+
+    def _open(self) -> None:
+        self.conn = sqlite3.connect(str(self.path), timeout=60)
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.execute("CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, payload TEXT NOT NULL)")
         self.conn.commit()
+        check = self.conn.execute("PRAGMA quick_check").fetchone()[0]
+        if check != "ok":
+            raise sqlite3.DatabaseError(f"integrity check: {check}")
+
+    def _close_quietly(self) -> None:
+        try:
+            self.conn.close()
+        except (AttributeError, sqlite3.Error):
+            pass
+
+    def _warn(self, message: str) -> None:
+        self.repairs.append(message)
+        log.warning("warning: %s", message)
 
     def keys(self) -> set[str]:
-        return {row[0] for row in self.conn.execute("SELECT key FROM results")}
+        """Keys of the valid results. Rows whose payload is damaged are deleted (and so recomputed)."""
+        good, bad = set(), []
+        for key, payload in self.conn.execute("SELECT key, payload FROM results"):
+            (good.add(key) if _is_result(payload) else bad.append(key))
+        if bad:
+            with self.conn:
+                self.conn.executemany("DELETE FROM results WHERE key = ?", [(k,) for k in bad])
+            self._warn(f"{self.path}: {len(bad)} damaged cached result(s) removed; they will be recomputed")
+        return good
 
     def get_many(self, keys: Iterable[str]) -> dict[str, dict]:
         out: dict[str, dict] = {}
@@ -49,10 +111,8 @@ class RequestCache:
             chunk = keys[start : start + 500]
             marks = ",".join("?" * len(chunk))
             for key, payload in self.conn.execute(f"SELECT key, payload FROM results WHERE key IN ({marks})", chunk):
-                try:
+                if _is_result(payload):  # a damaged row is recomputed rather than trusted
                     out[key] = json.loads(payload)
-                except json.JSONDecodeError:
-                    continue  # a corrupt row is recomputed rather than trusted
         return out
 
     def put_many(self, rows: dict[str, dict]) -> None:
@@ -79,6 +139,38 @@ class RunStore:
                 f"output directory {run_dir.parent} is not writable ({exc.strerror}). Choose another --output-dir."
             ) from None
         self.cache = RequestCache(run_dir / "cache.sqlite")
+        self._check_requests()
+
+    @property
+    def repairs(self) -> list[str]:
+        return self.cache.repairs
+
+    def _check_requests(self) -> None:
+        """Validate an existing requests.jsonl; refill a reset cache from its valid rows."""
+        if not self.requests_path.is_file():
+            return
+        good, bad = {}, []
+        with open(self.requests_path, encoding="utf-8", errors="replace") as fh:
+            for n, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    bad.append(n)
+                    continue
+                if isinstance(row, dict) and isinstance(row.get("key"), str) and all(k in row for k in RESULT_FIELDS):
+                    good[row["key"]] = {k: row[k] for k in RESULT_FIELDS}
+                elif isinstance(row, dict) and isinstance(row.get("key"), str) and _has_fields(row):
+                    good[row["key"]] = row  # an imaging prediction row
+                else:
+                    bad.append(n)
+        if bad:
+            self.cache._warn(f"{self.requests_path}: line(s) {', '.join(map(str, bad[:5]))}{' ...' if len(bad) > 5 else ''} "
+                             "truncated or corrupt; the file is rewritten when the run finishes")
+        if self.cache.reset and good:
+            self.cache.put_many(good)
+            self.cache._warn(f"{self.cache.path}: {len(good)} result(s) restored from {self.requests_path.name}")
 
     @property
     def manifest_path(self) -> Path:
