@@ -215,6 +215,8 @@ def run(spec: RunSpec, quiet: bool = False) -> Path:
     store.write_requests(scored)
     store.write_results(results)
     manifest.update({"status": "complete", "finished_at": time.time(), "timing": timing, "wall_seconds": round(time.time() - t_start, 3)})
+    if store.repairs:  # damaged cache rows / requests.jsonl lines found and repaired (store.py)
+        manifest["repairs"] = store.repairs
     store.write_manifest(manifest)
     store.cache.close()
     return run_dir
