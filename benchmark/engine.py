@@ -143,6 +143,11 @@ def run(spec: RunSpec, quiet: bool = False) -> Path:
     models = load_models(spec.models_file)
     model_spec = models.get(spec.model)
     backend_cls = get("backends", model_spec.backend)
+    if getattr(backend_cls, "imaging", False):
+        raise FairbenchError(
+            f'task {card.name} is a text task but model "{model_spec.name}" uses the imaging backend '
+            f'"{model_spec.backend}". Use a text model (fairbench list models).'
+        )
     card = load_task(spec.task, spec.tasks_dir)
     mode = spec.prompt_mode or card.default_mode
     if mode not in card.prompt_modes:

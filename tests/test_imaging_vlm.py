@@ -143,3 +143,5 @@ def test_vlm_run_end_to_end_and_bad_spec(tmp_path, tiny_llava, cli):
     assert cli("score", str(run_dir), "--tasks-dir", str(tasks), "-q") == 0
     assert (run_dir / "results.json").read_bytes() == before
     assert cli("run", "-m", "bad-llava", *args) == 2  # one-line error, no traceback
+    # an imaging model on a text task is a one-line error too
+    assert cli("run", "-m", "tiny-llava", "-t", "qpain-demo", "--models-file", str(models), "-o", str(out), "-q") == 2
