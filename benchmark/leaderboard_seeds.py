@@ -78,13 +78,13 @@ def _cell(r: dict, m: str) -> str:
 def render(name: str, rows: list[dict], reference: str, plot: str | None) -> str:
     task = rows[0]["task"]
     lines = [f"# {name}", "",
-             f"Task `{task}`, test split; every value is the mean over {rows[0]['n_seeds']} seeds with its 95% t-interval. "
+             f"Task `{task}`, test split; every value is the mean over the row's seeds with its 95% t-interval. "
              f"Δ = mean paired difference against `{reference}` across the same seeds; p = paired t-test, Holm-corrected "
              "over the five metrics of the row; ↑ / ↓ = significantly better / worse (p < 0.05). Thresholds were tuned "
              "on validation in every run; dp_gap and eod are max − min over the sexes.", "",
-             "| model | " + " | ".join(METRICS) + " |", "|---|" + "---|" * len(METRICS)]
+             "| model | seeds | " + " | ".join(METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
     for r in rows:
-        lines.append(f"| `{r['model']}` | " + " | ".join(_cell(r, m) for m in METRICS) + " |")
+        lines.append(f"| `{r['model']}` | {r['seeds']} | " + " | ".join(_cell(r, m) for m in METRICS) + " |")
     if plot:
         lines += ["", f"![AUC against dp_gap]({plot})"]
     return "\n".join(lines) + "\n"
