@@ -99,6 +99,11 @@ def test_vlm_choice_scores_are_exact_option_loglikelihoods(tiny_llava, card):
     for im, g, gm in zip(images, got, got_multi):
         assert g["option_logprobs"] == pytest.approx([_direct_logprob(backend, im, prompt, o) for o in ("Yes", "No")], abs=1e-4)
         assert gm["option_logprobs"] == pytest.approx([_direct_logprob(backend, im, prompt, o) for o in multi], abs=1e-4)
+    # prompts of different lengths in one left-padded batch score as they do alone
+    prompts = [prompt, "Lesion?", prompt + " Look carefully at both lungs."]
+    mixed = backend.choose(images, prompts, ["Yes", "No"])
+    for im, p, g in zip(images, prompts, mixed):
+        assert g["option_logprobs"] == pytest.approx([_direct_logprob(backend, im, p, o) for o in ("Yes", "No")], abs=1e-4)
     # the image matters: different images, different scores
     assert len({round(g["option_logprobs"][0], 6) for g in got}) > 1
     preds = backend.predict(ds)

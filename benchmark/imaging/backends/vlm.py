@@ -126,7 +126,9 @@ class VLMBackend(AskingBackend):
         option_ids = [self._option_ids(o) for o in options]
         if all(len(o) == 1 for o in option_ids):
             batch = self._inputs(images, prompts)
-            out = self.model(**batch, logits_to_keep=1, use_cache=False)
+            # Left padding: positions count real tokens only, so a padded row scores as it would alone.
+            positions = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+            out = self.model(**batch, position_ids=positions, logits_to_keep=1, use_cache=False)
             logp = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1).cpu()
             return [{"option_logprobs": [float(logp[i, o[0]]) for o in option_ids]} for i in range(len(prompts))]
         return [{"option_logprobs": self._score_multi(im, p, option_ids)} for im, p in zip(images, prompts)]
