@@ -2,6 +2,7 @@
 only, next to its base on the same cases."""
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +79,8 @@ def test_simpo_distill_one_step(tmp_path, tiny_models_file, cli, capsys, monkeyp
     manifest = json.loads((out / "manifest.json").read_text())
     train = manifest["artifact"]["training"]
     assert train["global_steps"] == 1 and train["bf16"] is False and train["gradient_checkpointing"] is False
+    # max_length fits the longest prompt + answer, so no answer is truncated away (NaN losses otherwise).
+    assert math.isfinite(train["train_loss"]) and all(h.get("grad_norm") is not None for h in train["log_history"][:-1])
     assert manifest["split"]["n_mitigation"] + manifest["split"]["n_evaluation"] == 12
     pairs = [json.loads(line) for line in (out / "pairs.jsonl").read_text().splitlines()]
     assert pairs and all(p["sim_chosen"] >= p["sim_rejected"] and p["chosen"] != p["rejected"] for p in pairs)
@@ -89,3 +92,14 @@ def test_simpo_distill_one_step(tmp_path, tiny_models_file, cli, capsys, monkeyp
     assert any("lora_B" in k and v.abs().max() > 0 for k, v in weights.items())  # the step moved LoRA B off zero
     run = _run(cli, capsys, "--model", "tiny+simpo-distill", *m)
     assert json.loads((run / "results.json").read_text())["run"]["eval_split"] == "held-out"
+
+
+@pytest.mark.integration
+def test_simpo_max_length_shorter_than_prompts_is_refused(tmp_path, tiny_models_file, cli, capsys, monkeypatch):
+    monkeypatch.setenv("TRL_EXPERIMENTAL_SILENCE", "1")
+    cfg = tmp_path / "simpo.yaml"
+    cfg.write_text("samples: 2\nmax_new_tokens: 4\nvariants_per_case: 1\nmax_steps: 1\nmax_length: 16\n")
+    code = cli("mitigate", "--method", "simpo-distill", "--model", "tiny", "--config", str(cfg),
+               "-o", str(tmp_path / "a"), "-q", "--models-file", str(tiny_models_file))
+    err = capsys.readouterr().err
+    assert code == 2 and "max_length 16" in err and "longest prompt" in err

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import random
 import re
 import time
@@ -48,7 +49,7 @@ class SimPOConfig(MitigationConfig):
     epochs: float = Field(1.0, gt=0.0)
     max_steps: int | None = Field(None, ge=1)
     batch_size: int = Field(4, ge=1)
-    max_length: int = Field(256, ge=16)
+    max_length: int | None = Field(None, ge=16)  # None: fit the longest prompt + answer of the pairs
     lora_r: int = Field(18, ge=1)
     lora_alpha: int = Field(32, ge=1)
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
@@ -197,6 +198,16 @@ def train_simpo(backend, pairs: list[dict], config: SimPOConfig, ctx: Context) -
 
     model, tok = backend.model, backend.tokenizer
     model.train()
+    # A prompt that fills max_length leaves an empty completion, whose mean log-probability is NaN.
+    longest = max(len(tok(p["prompt"] + p[side]).input_ids) for p in pairs for side in ("chosen", "rejected"))
+    prompt_max = max(len(tok(p["prompt"]).input_ids) for p in pairs)
+    if config.max_length is None:
+        config = config.model_copy(update={"max_length": longest})
+    elif prompt_max >= config.max_length:
+        raise FairbenchError(
+            f"simpo-distill: max_length {config.max_length} is not longer than the longest prompt "
+            f"({prompt_max} tokens), so answers would be truncated away. Raise max_length or leave it unset."
+        )
     args = simpo_args(config, backend.device, ctx.out_dir / "trainer", ctx.seed, model)
     dataset = Dataset.from_list([{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]} for p in pairs])
     tok.padding_side = "right"
@@ -204,6 +215,11 @@ def train_simpo(backend, pairs: list[dict], config: SimPOConfig, ctx: Context) -
     result = trainer.train()
     trainer.model.save_pretrained(str(ctx.out_dir / "adapter"))
     tok.padding_side = "left"
-    history = [{k: round(v, 6) if isinstance(v, float) else v for k, v in h.items()} for h in trainer.state.log_history]
-    return {"global_steps": result.global_step, "train_loss": round(float(result.training_loss), 6), "bf16": args.bf16,
+    history = [{k: (round(v, 6) if math.isfinite(v) else None) if isinstance(v, float) else v for k, v in h.items()}
+               for h in trainer.state.log_history]
+    if not math.isfinite(float(result.training_loss)) or any(h.get("grad_norm", 0) is None for h in history):
+        raise FairbenchError("simpo-distill: training produced non-finite losses or gradients; see "
+                             f"{ctx.out_dir / 'trainer'} and lower learning_rate or check max_length.")
+    return {"global_steps": result.global_step, "train_loss": round(float(result.training_loss), 6),
+            "max_length": config.max_length, "bf16": args.bf16,
             "gradient_checkpointing": args.gradient_checkpointing, "log_history": history}
