@@ -29,6 +29,7 @@ from ..hashing import sha256_file, sha256_tree
 from ..paths import cache_dir
 from ..requests import Request
 from .base import Backend, Result
+from .continuations import score_options_after_context
 
 log = logging.getLogger(__name__)
 
@@ -316,27 +317,7 @@ class HFBackend(Backend):
     def _score_multi(self, context: list[int], options: list[list[int]]) -> list[float]:
         ctx = torch.tensor([context], device=self.device)
         out = self.model(input_ids=ctx, use_cache=True, logits_to_keep=1)
-        first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
-        cache = out.past_key_values
-        k = len(options)
-        cache.batch_repeat_interleave(k)
-        width = max(len(o) for o in options)
-        ids = torch.full((k, width), self.tokenizer.pad_token_id, dtype=torch.long, device=self.device)
-        cont_mask = torch.zeros((k, width), dtype=torch.long, device=self.device)
-        for j, o in enumerate(options):
-            ids[j, : len(o)] = torch.tensor(o, device=self.device)
-            cont_mask[j, : len(o)] = 1
-        mask = torch.cat([torch.ones((k, len(context)), dtype=torch.long, device=self.device), cont_mask], dim=1)
-        positions = torch.arange(len(context), len(context) + width, device=self.device).expand(k, -1)
-        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache).logits
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        scores = []
-        for j, o in enumerate(options):
-            total = float(first[o[0]])
-            for t in range(1, len(o)):
-                total += float(logp[j, t - 1, o[t]])
-            scores.append(total)
-        return scores
+        return score_options_after_context(self.model, out, torch.ones_like(ctx), options, self.tokenizer.pad_token_id)
 
     # ---------- generation ----------
     @torch.inference_mode()

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from ...backends import prompting
+from ...backends.continuations import score_options_after_context
 from ...device import pick_dtype
 from ...errors import FairbenchError
 from ...hashing import sha256_tree
@@ -136,26 +137,8 @@ class VLMBackend(AskingBackend):
     @torch.inference_mode()
     def _score_multi(self, image, prompt: str, options: list[list[int]]) -> list[float]:
         batch = self._inputs([image], [prompt])
-        n_ctx = batch["input_ids"].shape[1]
         out = self.model(**batch, use_cache=True, logits_to_keep=1)
-        first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
-        cache = out.past_key_values
-        k = len(options)
-        cache.batch_repeat_interleave(k)
-        width = max(len(o) for o in options)
-        ids = torch.full((k, width), self.tokenizer.pad_token_id, dtype=torch.long, device=self.device)
-        cont_mask = torch.zeros((k, width), dtype=torch.long, device=self.device)
-        for j, o in enumerate(options):
-            ids[j, : len(o)] = torch.tensor(o, device=self.device)
-            cont_mask[j, : len(o)] = 1
-        mask = torch.cat([batch["attention_mask"].expand(k, -1), cont_mask], dim=1)
-        positions = torch.arange(n_ctx, n_ctx + width, device=self.device).expand(k, -1)
-        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache).logits
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        scores = []
-        for j, o in enumerate(options):
-            scores.append(float(first[o[0]]) + sum(float(logp[j, t - 1, o[t]]) for t in range(1, len(o))))
-        return scores
+        return score_options_after_context(self.model, out, batch["attention_mask"], options, self.tokenizer.pad_token_id)
 
     # ---------- generation ----------
     @torch.inference_mode()
