@@ -98,8 +98,9 @@ def tradeoff(rows: list[dict], metric: str, path: Path) -> bool:
             yerr = _err([r["utility"]], [r.get("utility_ci_low")], [r.get("utility_ci_high")])
             ax.errorbar(*pts[i], xerr=xerr, yerr=yerr, fmt="o", color=COLORS[i % len(COLORS)], ecolor="0.6",
                         capsize=2, markersize=6, label=_label(r["model"], r.get("eval_split") or ""))
-            ax.annotate(_label(r["model"], r.get("eval_split") or ""), pts[i], textcoords="offset points",
-                        xytext=(5, 5), fontsize=7)
+            if len(block) <= 3:  # with more points, inline names collide; the legend names them
+                ax.annotate(_label(r["model"], r.get("eval_split") or ""), pts[i], textcoords="offset points",
+                            xytext=(5, 5), fontsize=7)
         front = [pts[i] for i in pareto_front(pts)]
         if len(front) > 1:
             ax.step([p[0] for p in front], [p[1] for p in front], where="post", ls="--", color="0.3", lw=1, label="Pareto frontier")
@@ -116,7 +117,8 @@ def tradeoff(rows: list[dict], metric: str, path: Path) -> bool:
         lo, hi = ax.get_ylim()
         ax.set_ylim(max(lo, -0.05), min(max(hi, 0.1), 1.05))
     handles, labels = axes[0][-1].get_legend_handles_labels()
-    axes[0][-1].legend(handles, labels, fontsize=7, loc="best")
+    # Outside the axes, so it never hides a point.
+    fig.legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     fig.tight_layout()
     _save(fig, path)
     return True
