@@ -96,7 +96,8 @@ def tradeoff(rows: list[dict], metric: str, path: Path) -> bool:
         for i, r in enumerate(block):
             xerr = _err([r[metric]], [r.get(f"{metric}_ci_low")], [r.get(f"{metric}_ci_high")])
             yerr = _err([r["utility"]], [r.get("utility_ci_low")], [r.get("utility_ci_high")])
-            ax.errorbar(*pts[i], xerr=xerr, yerr=yerr, fmt="o", color=COLORS[i % len(COLORS)], ecolor="0.6",
+            marker = "os^Dv"[(i // len(COLORS)) % 5]  # a new marker each time the colours repeat
+            ax.errorbar(*pts[i], xerr=xerr, yerr=yerr, fmt=marker, color=COLORS[i % len(COLORS)], ecolor="0.6",
                         capsize=2, markersize=6, label=_label(r["model"], r.get("eval_split") or ""))
             if len(block) <= 3:  # with more points, inline names collide; the legend names them
                 ax.annotate(_label(r["model"], r.get("eval_split") or ""), pts[i], textcoords="offset points",
