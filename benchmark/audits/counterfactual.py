@@ -187,7 +187,6 @@ class CounterfactualAudit:
     def _question(self, df: pd.DataFrame, qid: str) -> dict:
         question = self.card.question(qid)
         binary = question.kind == "binary"
-        scored = question.kind in ("binary", "ordinal")
         out: dict = {
             "kind": question.kind,
             "n_rows": int(len(df)),

@@ -53,7 +53,6 @@ def ece(y: np.ndarray, p: np.ndarray, bins: int = 15) -> float:
     if len(y) == 0:
         return float("nan")
     idx = np.minimum((p * bins).astype(int), bins - 1)
-    n = np.bincount(idx, minlength=bins)
     sy = np.bincount(idx, weights=y, minlength=bins)
     sp = np.bincount(idx, weights=p, minlength=bins)
     return float(np.abs(sy - sp).sum() / len(y))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -34,6 +36,11 @@ class Result:
             "latency_s": round(self.latency_s, 6),
             "extra": self.extra,
         }
+
+
+def settings_digest(settings: dict) -> str:
+    """The fingerprint of a backend's weights and settings: 16 hex digits of their canonical JSON."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class Backend(ABC):

@@ -12,8 +12,6 @@ Choice scoring reads the log-probability of each option's tokens after the promp
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import shutil
@@ -28,7 +26,7 @@ from ..errors import FairbenchError
 from ..hashing import sha256_file, sha256_tree
 from ..paths import cache_dir
 from ..requests import Request
-from .base import Backend, Result
+from .base import Backend, Result, settings_digest
 from .continuations import score_options_after_context
 
 log = logging.getLogger(__name__)
@@ -107,7 +105,7 @@ class HFBackend(Backend):
             "system_prompt": spec.system_prompt,
             "max_length": spec.max_length,
         }
-        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+        return settings_digest(settings)
 
     # ---------- loading ----------
     def __init__(self, spec: ModelSpec, seed: int = 0, quiet: bool = True):

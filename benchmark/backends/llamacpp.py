@@ -10,8 +10,6 @@ Choice scoring follows the HF backend's semantics (see ``prompting.py``). For sp
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import time
@@ -23,7 +21,7 @@ from ..errors import FairbenchError
 from ..hashing import sha256_file
 from ..requests import Request
 from . import prompting
-from .base import Backend, Result
+from .base import Backend, Result, settings_digest
 from .hf import gguf_path
 
 
@@ -68,7 +66,7 @@ class LlamaCppBackend(Backend):
             "system_prompt": spec.system_prompt,
             "max_length": spec.max_length,
         }
-        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+        return settings_digest(settings)
 
     def __init__(self, spec: ModelSpec, seed: int = 0, quiet: bool = True):
         super().__init__(spec, seed, quiet)

@@ -22,7 +22,6 @@ appears in logs, manifests or error messages.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -36,7 +35,7 @@ from ..config import ModelSpec
 from ..errors import FairbenchError
 from ..requests import Request
 from . import prompting
-from .base import Backend, Result
+from .base import Backend, Result, settings_digest
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
@@ -251,7 +250,7 @@ class OpenAIBackend(Backend):
             "system_prompt": spec.system_prompt,
             "top_logprobs": spec.extra.get("top_logprobs", 20),
         }
-        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+        return settings_digest(settings)
 
     def __init__(self, spec: ModelSpec, seed: int = 0, quiet: bool = True):
         super().__init__(spec, seed, quiet)

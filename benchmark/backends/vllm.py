@@ -11,15 +11,13 @@ are unit-tested with vLLM-shaped objects.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 
 from ..config import ModelSpec
 from ..errors import FairbenchError
 from ..requests import Request
 from . import prompting
-from .base import Backend, Result
+from .base import Backend, Result, settings_digest
 
 
 def _import_vllm():
@@ -93,7 +91,7 @@ class VLLMBackend(Backend):
             "system_prompt": spec.system_prompt,
             "max_length": spec.max_length,
         }
-        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+        return settings_digest(settings)
 
     def __init__(self, spec: ModelSpec, seed: int = 0, quiet: bool = True):
         super().__init__(spec, seed, quiet)

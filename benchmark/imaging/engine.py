@@ -61,7 +61,7 @@ def run(spec, card, quiet: bool = False) -> Path:
     ds = load_dataset(card, spec.data_dir)
     n_available = len(ds)
     ds = limit_dataset(ds, spec.limit)
-    train, val, test = ds.split("train"), ds.split("val"), ds.split("test")
+    train, val = ds.split("train"), ds.split("val")
     model_ident = fingerprint
     if backend_cls.trains:
         model_ident = _key(fingerprint, spec.seed, *train.frame["id"], "|val|", *val.frame["id"])[:16]

@@ -14,8 +14,6 @@ Generation is greedy (``vlm.max_new_tokens``); Φ (imaging/answers.py) maps the 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import time
 from pathlib import Path
@@ -23,6 +21,7 @@ from pathlib import Path
 import torch
 
 from ...backends import prompting
+from ...backends.base import settings_digest
 from ...backends.continuations import score_options_after_context
 from ...device import pick_dtype
 from ...errors import FairbenchError
@@ -60,7 +59,7 @@ class VLMBackend(AskingBackend):
         weights = "dir:" + sha256_tree(Path(path)) if _is_local(spec.model) else f"hub:{spec.model}@{spec.revision or 'main'}"
         settings = {"backend": cls.name, "weights": weights, "dtype": spec.dtype, "chat_template": spec.chat_template,
                     "system_prompt": spec.system_prompt, "extra": {k: v for k, v in spec.extra.items() if k != "batch_images"}}
-        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+        return settings_digest(settings)
 
     def __init__(self, spec, card, seed: int = 0, quiet: bool = True):
         super().__init__(spec, card, seed, quiet)
