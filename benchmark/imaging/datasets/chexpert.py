@@ -31,6 +31,28 @@ FINDINGS = [
 _POLICY = {"zeros": 0.0, "ones": 1.0, "ignore": np.nan}
 
 
+def uncertain_policy(card, dataset: str) -> str:
+    """The card's policy for uncertain (-1) CheXpert-labeler findings, checked with its labels."""
+    policy = str(card.loader_options.get("uncertain", "zeros"))
+    if policy not in _POLICY:
+        raise FairbenchError(f"task {card.name}: loader_options.uncertain {policy!r} must be zeros, ones or ignore.")
+    bad = [l for l in card.labels if l not in FINDINGS]
+    if bad:
+        raise FairbenchError(f"task {card.name}: labels {bad} are not {dataset} findings ({', '.join(FINDINGS)}).")
+    return policy
+
+
+def map_findings(df: pd.DataFrame, card, policy: str, report: LoadReport, ids: str) -> pd.DataFrame:
+    """Labeler codes 1 / 0 / -1 / blank -> floats; blank is negative, -1 follows the policy; other
+    values skip the row (counted)."""
+    for label in card.labels:
+        raw = pd.to_numeric(df[label], errors="coerce")
+        ok = df[label].isna() | raw.isin([1, 0, -1])
+        df = skip_rows(df, ~ok, report, f"{label!r} is not 1, 0, -1 or blank", df[ids])
+        df[label] = raw[ok].fillna(0.0).replace(-1.0, _POLICY[policy]).astype(float)
+    return df
+
+
 def _image_base(root: Path, first_path: str) -> Path:
     """``Path`` starts with the release folder (``CheXpert-v1.0-small/train/...``); the CSVs usually
     sit inside that folder, so the images resolve against its parent."""
@@ -41,12 +63,7 @@ def _image_base(root: Path, first_path: str) -> Path:
 
 
 def load_chexpert(card, root: Path, report: LoadReport):
-    policy = str(card.loader_options.get("uncertain", "zeros"))
-    if policy not in _POLICY:
-        raise FairbenchError(f"task {card.name}: loader_options.uncertain {policy!r} must be zeros, ones or ignore.")
-    bad_labels = [l for l in card.labels if l not in FINDINGS]
-    if bad_labels:
-        raise FairbenchError(f"task {card.name}: labels {bad_labels} are not CheXpert findings ({', '.join(FINDINGS)}).")
+    policy = uncertain_policy(card, "CheXpert")
     cols = ["Path", "Sex", "Age", "Frontal/Lateral", *card.labels]
     train_path = find_file(root, ["train.csv"], card, "train.csv")
     valid_path = find_file(root, ["valid.csv"], card, "valid.csv")
@@ -63,12 +80,7 @@ def load_chexpert(card, root: Path, report: LoadReport):
     df["patient_id"] = df["Path"].astype(str).str.extract(r"(patient\d+)", expand=False)
     df = skip_rows(df, df["patient_id"].isna(), report, "Path has no patientNNNNN component", df["Path"])
 
-    for label in card.labels:
-        raw = pd.to_numeric(df[label], errors="coerce")
-        valid = df[label].isna() | raw.isin([1, 0, -1])
-        df = skip_rows(df, ~valid, report, f"{label!r} is not 1, 0, -1 or blank", df["Path"])
-        raw = raw[valid]
-        df[label] = raw.fillna(0.0).replace(-1.0, _POLICY[policy]).astype(float)
+    df = map_findings(df, card, policy, report, "Path")
     if policy != "zeros":
         report.quirks.append(f"uncertain labels (-1) mapped by policy '{policy}'")
 

@@ -21,10 +21,9 @@ from pathlib import Path
 import pandas as pd
 
 from ...cases import LoadReport
-from ...errors import FairbenchError
 from ..dataset import finish
 from ..vocab import canonical_race, canonical_sex
-from .chexpert import _POLICY, FINDINGS
+from .chexpert import map_findings, uncertain_policy
 from .common import drop_missing_files, find_file, image_reader, read_table, skip_rows
 
 _SPLIT = {"train": "train", "validate": "val", "test": "test"}
@@ -49,12 +48,7 @@ def _subject_race(adm: pd.DataFrame, column: str) -> pd.Series:
 
 
 def load_mimic_cxr(card, root: Path, report: LoadReport):
-    policy = str(card.loader_options.get("uncertain", "zeros"))
-    if policy not in _POLICY:
-        raise FairbenchError(f"task {card.name}: loader_options.uncertain {policy!r} must be zeros, ones or ignore.")
-    bad = [l for l in card.labels if l not in FINDINGS]
-    if bad:
-        raise FairbenchError(f"task {card.name}: labels {bad} are not MIMIC-CXR CheXpert findings.")
+    policy = uncertain_policy(card, "MIMIC-CXR CheXpert")
     meta_p = find_file(root, _gz("mimic-cxr-2.0.0-metadata"), card, "metadata file")
     lab_p = find_file(root, _gz("mimic-cxr-2.0.0-chexpert"), card, "CheXpert label file")
     split_p = find_file(root, _gz("mimic-cxr-2.0.0-split"), card, "official split file")
@@ -79,11 +73,7 @@ def load_mimic_cxr(card, root: Path, report: LoadReport):
         df = df[df["ViewPosition"].isin(list(views))]
     df = df.merge(labels, on=["subject_id", "study_id"], how="left", indicator=True)
     df = skip_rows(df, df["_merge"] != "both", report, "study has no CheXpert labels", df["dicom_id"])
-    for label in card.labels:
-        raw = pd.to_numeric(df[label], errors="coerce")
-        ok = df[label].isna() | raw.isin([1, 0, -1])
-        df = skip_rows(df, ~ok, report, f"{label!r} is not 1, 0, -1 or blank", df["dicom_id"])
-        df[label] = raw[ok].fillna(0.0).replace(-1.0, _POLICY[policy]).astype(float)
+    df = map_findings(df, card, policy, report, "dicom_id")
 
     pat = patients.drop_duplicates("subject_id").set_index("subject_id")
     df["sex"] = df["subject_id"].map(pat["gender"]).map(canonical_sex)
