@@ -20,11 +20,11 @@ import torch
 from benchmark.backends.hf import HFBackend
 from benchmark.backends.llamacpp import LlamaCppBackend
 from benchmark.config import load_models
-from benchmark.counterfactual import expand
-from benchmark.data import load_cases
-from benchmark.requests import build_requests
-from benchmark.scoring import option_probabilities
-from benchmark.taskcard import load_task
+from benchmark.kinds.text.expand import expand
+from benchmark.data.text import load_cases
+from benchmark.kinds.text.prompts import build_requests
+from benchmark.kinds.options import option_probabilities
+from benchmark.cards import load_task
 
 
 def timed(fn, requests, repeats):

@@ -7,10 +7,11 @@ from __future__ import annotations
 import argparse
 from collections import defaultdict
 
-from benchmark.counterfactual import expand
-from benchmark.data import load_cases
-from benchmark.requests import Request, build_requests
-from benchmark.taskcard import load_task
+from benchmark.kinds.text.expand import expand
+from benchmark.data.text import load_cases
+from benchmark.requests import Request
+from benchmark.kinds.text.prompts import build_requests
+from benchmark.cards import load_task
 
 
 def add_args(ap: argparse.ArgumentParser) -> None:

@@ -48,9 +48,9 @@ def run(
     data_dir: Optional[Path] = DataDir,
 ) -> None:
     """Audit MODEL on TASK; write manifest.json, requests.jsonl and results.json to a run directory."""
-    from .engine import RunSpec
+    from .spec import RunSpec
     from .engine import run as run_engine
-    from .report import print_results
+    from .boards.terminal import print_results
     from .shard import parse_shard
 
     n = None
@@ -91,7 +91,7 @@ def score(
 ) -> None:
     """Recompute parsing, metrics and statistics from stored raw outputs, without any model."""
     from .rescore import rescore
-    from .report import print_results
+    from .boards.terminal import print_results
 
     results = rescore(run_dir, tasks_dir)
     if quiet:
@@ -104,16 +104,16 @@ def score(
 def leaderboard(
     run_dirs: list[Path] = typer.Argument(..., help="Run directories written by `fairbench run`."),
     output: Path = typer.Option(..., "--output", "-o", help="leaderboards/NAME: writes NAME.md, NAME.csv, NAME.groups.csv and PNG plots."),
-    sort_by: str = typer.Option("cf_mean_abs_delta", "--sort-by", help="Fairness metric to sort by: cf_mean_abs_delta, cf_flip_rate or dp_gap."),
+    sort_by: str = typer.Option("cf_mean_abs_delta", "--sort-by", help="Fairness metric to sort by: text cf_mean_abs_delta, cf_flip_rate, dp_gap; imaging dp_gap, eod, auc_gap, ece_gap, underdiag_gap (rows lacking it use their kind's default)."),
     no_plots: bool = typer.Option(False, "--no-plots", help="Skip the PNG figures."),
     reference: Optional[str] = typer.Option(None, "--reference", help="Multi-seed directories (run --seeds N): the model every row is paired-tested against (e.g. ERM)."),
 ) -> None:
     """Merge runs into a leaderboard (one row per model x task x prompt mode; newer runs replace older)."""
-    from .leaderboard import update
-    from .leaderboard_seeds import is_seeds_dir
+    from .boards.leaderboard import update
+    from .boards.seeds import is_seeds_dir
 
     if run_dirs and all(is_seeds_dir(d) for d in run_dirs):  # `run --seeds N` summaries: mean ± CI, paired tests
-        from .leaderboard_seeds import write
+        from .boards.seeds import write
 
         if reference is None:
             raise FairbenchError("multi-seed leaderboards need --reference MODEL (the row every model is paired-tested against).")
@@ -128,16 +128,17 @@ def leaderboard(
 def check(
     baseline: Path = typer.Option(..., "--baseline", help="A leaderboard CSV (leaderboards/NAME.csv)."),
     candidate: Path = typer.Option(..., "--candidate", help="The run directory to gate."),
-    max_increase: Optional[list[str]] = typer.Option(None, "--max-increase", help="METRIC=DELTA tolerated increase (repeatable; default 0 for cf_flip_rate, cf_mean_abs_delta, dp_gap)."),
+    max_increase: Optional[list[str]] = typer.Option(None, "--max-increase", help="METRIC=DELTA tolerated increase (repeatable; default 0 for the kind's fairness metrics: text cf_flip_rate, cf_mean_abs_delta, dp_gap; imaging dp_gap, eod, auc_gap, ece_gap, underdiag_gap)."),
     baseline_model: Optional[str] = typer.Option(None, "--baseline-model", help="The baseline row's model (default: the candidate's model, or the only row)."),
     baseline_run: Optional[Path] = typer.Option(None, "--baseline-run", help="The baseline's run directory, for the paired test."),
     runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where to look for the baseline's run directory by its run id."),
+    tasks_dir: Optional[Path] = TasksDir,
 ) -> None:
     """Exit 0 if no fairness metric of CANDIDATE regressed beyond tolerance against BASELINE, 1 if one did."""
-    from .check import check as run_check
-    from .check import render
+    from .boards.check import check as run_check
+    from .boards.check import render
 
-    result, row, run = run_check(baseline, candidate, max_increase, baseline_model, baseline_run, runs_dir)
+    result, row, run = run_check(baseline, candidate, max_increase, baseline_model, baseline_run, runs_dir, tasks_dir=tasks_dir)
     render(result, row, run, console)
     if result.regressions:
         raise typer.Exit(1)
@@ -209,16 +210,15 @@ def list_(
             s = reg.specs[name]
             table.add_row(name, s.backend, s.model + (f" ({s.gguf_file})" if s.gguf_file else ""), str(reg.sources[name]))
     elif kind == ListKind.tasks:
-        from .taskcard import discover, read_card
+        from .cards import discover, read_card
+        from .kinds import kind_for
 
-        for col in ("name", "loader", "questions", "modes", "card"):
-            table.add_column(col)
+        for col in ("name", "kind", "loader", "questions", "modes", "audits", "card"):
+            table.add_column(col, no_wrap=col in ("name", "kind"), overflow="fold")
         for name, path in sorted(discover(tasks_dir).items()):
             card = read_card(path)
-            if card.kind == "imaging":
-                table.add_row(name, card.loader, ", ".join(card.endpoints()), f"imaging ({card.label_type})", str(path))
-                continue
-            table.add_row(name, card.loader, ", ".join(q.id for q in card.questions), ", ".join(card.prompt_modes), str(path))
+            outputs, modes = card.outputs()
+            table.add_row(name, card.kind, card.loader, ", ".join(outputs), ", ".join(modes), ", ".join(kind_for(card).audits()), str(path))
     else:
         from .registry import describe
 
@@ -242,7 +242,7 @@ def data_download(
 ) -> None:
     """Fetch TASK's official files from the URLs pinned in its task card and verify their SHA-256s."""
     from .data.download import download
-    from .taskcard import load_task
+    from .cards import load_task
 
     card = load_task(task, tasks_dir)
     for name, status in download(card, data_dir, force=force):

@@ -1,36 +1,70 @@
-"""Requests: one prompt per (variant, question), in the chosen prompt mode.
+"""The request/result format every backend receives and returns, for every kind of task.
 
-A request's ``key`` is a content hash of everything that determines the answer, so that the
-cache and resume logic never depend on ordering, batch size or process count.
+A :class:`Request` is one question to a model: a text prompt, optional image content parts, the
+options to score and the method (``choice``: log P(option | prompt); ``generate``: free text;
+``predict``: one probability per output of a trained or zero-shot image model). Its ``key`` is a
+content hash of everything that determines the answer, so cache and resume never depend on
+ordering, batch size or process count. A :class:`Result` is stored verbatim; scoring happens later.
 """
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import json
-import re
-from dataclasses import asdict, dataclass, field
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
-from .counterfactual import Variant
-from .errors import FairbenchError
-from .taskcard import PromptMode, Question, TaskCard
+METHODS = ("choice", "generate", "predict")
 
-_LABELLED = re.compile(r"^\s*([A-Za-z0-9]{1,3})\s*[.)]\s*(.+?)\s*$", re.DOTALL)
+
+def pil_image(array):
+    """float [0, 1] array, (H, W) or (H, W, 3) -> RGB PIL image (8 bits per channel)."""
+    import numpy as np
+    from PIL import Image
+
+    arr = (np.clip(array, 0, 1) * 255).astype(np.uint8)
+    return Image.fromarray(arr, mode="L" if arr.ndim == 2 else "RGB").convert("RGB")
+
+
+@dataclass(frozen=True)
+class ImagePart:
+    """An image inside a request (the way chat APIs carry images as content parts).
+
+    ``key`` identifies the pixels in cache keys (dataset, split and image id); ``load()`` reads them
+    lazily as float32 in [0, 1], shape (H, W) grey or (H, W, 3) colour, so a large dataset never
+    sits in memory."""
+
+    key: str
+    load: Callable[[], object] = field(compare=False, repr=False)
+
+    def pil(self):
+        """The image as an RGB PIL image (for image processors and PNG encoding)."""
+        return pil_image(self.load())
+
+    def png_data_url(self) -> str:
+        """A lossless ``data:image/png;base64,...`` URL (the OpenAI vision content format)."""
+        import base64
+        import io
+
+        buf = io.BytesIO()
+        self.pil().save(buf, format="PNG")
+        return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 @dataclass(frozen=True)
 class Request:
-    case_id: str
-    question_id: str
-    attributes: dict[str, str]
-    prompt: str  # the user message, before any chat template
-    options: list[str]
-    method: str  # "choice" | "generate"
+    case_id: str  # the instance: a text case (all its variants share it) or an image id
+    question_id: str  # text: the card's question; image: the label a VLM is asked about ("" for predict)
+    attributes: dict[str, str]  # demographics of this variant / image
+    prompt: str  # the user message, before any chat template ("" for predict)
+    options: list[str]  # choice/generate: option labels; predict: the model's outputs (labels or classes)
+    method: str  # "choice" | "generate" | "predict"
     max_new_tokens: int = 256
     temperature: float = 0.0
     seed: int = 0
-    meta: dict[str, str] = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+    images: tuple[ImagePart, ...] = ()
 
     def key(self, model_fingerprint: str) -> str:
         payload = {
@@ -42,107 +76,50 @@ class Request:
             "temperature": self.temperature if self.method == "generate" else None,
             "seed": self.seed if self.method == "generate" and self.temperature > 0 else None,
         }
+        if self.images:  # text-only keys keep their historical form, so text caches stay valid
+            payload["images"] = [p.key for p in self.images]
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        out = {
+            "case_id": self.case_id, "question_id": self.question_id, "attributes": dict(self.attributes),
+            "prompt": self.prompt, "options": list(self.options), "method": self.method,
+            "max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "seed": self.seed,
+            "meta": dict(self.meta),
+        }
+        if self.images:
+            out["images"] = [p.key for p in self.images]
+        return out
 
 
-def options_phrase(options: list[str]) -> str:
-    return options[0] if len(options) == 1 else ", ".join(options[:-1]) + " or " + options[-1]
+@dataclass
+class Result:
+    """What a backend returns for one request. Stored verbatim; scoring happens later."""
 
+    option_logprobs: list[float] | None = None  # choice: log P(option | prompt), one per option
+    raw_output: str | None = None  # generate: the text
+    rendered_prompt: str = ""  # the exact text the model saw (after chat template)
+    n_prompt_tokens: int = 0
+    latency_s: float = 0.0
+    extra: dict = field(default_factory=dict)
+    probs: list[float] | None = None  # predict: P(output), one per request option
+    decisions: list[float | None] | None = None  # predict: the backend's own 0/1 decisions (post-processing)
 
-def question_options(q: Question, fields: dict[str, str], source: str = "") -> tuple[list[str], list[str]]:
-    """(labels, wordings) of a question for one case. Labels are what is scored or parsed
-    ("Yes", "3", "b"); wordings are listed in the prompt ("Neutral", "Admit for observation")."""
-    if q.options_field is None:
-        return list(q.options), [q.option_labels.get(o, "") for o in q.options]
-    raw = fields.get(q.options_field, "")
-    try:
-        items = ast.literal_eval(raw) if raw.strip().startswith("[") else [x for x in raw.splitlines() if x.strip()]
-    except (ValueError, SyntaxError):
-        items = None
-    parsed = [_LABELLED.match(str(x)) for x in items] if isinstance(items, (list, tuple)) else [None]
-    if not items or any(m is None for m in parsed):
-        raise FairbenchError(
-            f"{source}: field {q.options_field} of question {q.id} must be a list of labelled options like "
-            f"\"['a) ...', 'b) ...']\"; got {raw[:60]!r}. Fix the data or the question's options_field."
-        )
-    labels = [m.group(1) for m in parsed]
-    if len(set(labels)) != len(labels) or len(labels) < 2:
-        raise FairbenchError(f"{source}: options of question {q.id} need at least 2 distinct labels, got {labels}.")
-    return labels, [m.group(2) for m in parsed]
-
-
-def option_list(labels: list[str], wordings: list[str]) -> str:
-    return "\n".join(f"{lab}. {w}" if w else lab for lab, w in zip(labels, wordings))
-
-
-def applies(q: Question, fields: dict[str, str]) -> bool:
-    return all(fields.get(k) == v for k, v in q.applies_to.items())
-
-
-def _examples_text(card: TaskCard, mode: PromptMode) -> str:
-    if not mode.examples:
-        return ""
-    assert card.directory is not None
-    path = card.directory / mode.examples
-    if not path.is_file():
-        raise FairbenchError(f"task {card.name}: prompt examples file {path} is missing.")
-    return path.read_text(encoding="utf-8").strip()
-
-
-def build_requests(
-    card: TaskCard,
-    variants: list[Variant],
-    mode_name: str,
-    seed: int,
-    max_new_tokens: int = 256,
-    temperature: float = 0.0,
-) -> list[Request]:
-    if mode_name not in card.prompt_modes:
-        from .errors import unknown
-
-        raise unknown("prompt mode", mode_name, card.prompt_modes, where=f"task {card.name}")
-    mode = card.prompt_modes[mode_name]
-    examples = _examples_text(card, mode)
-    requests = []
-    for v in variants:
-        for q in card.questions:
-            if not applies(q, v.fields):
-                continue
-            labels, wordings = question_options(q, v.fields, v.case.source)
-            try:
-                question = q.text.format(**v.fields)
-                prompt = mode.template.format(
-                    context=v.fields.get("context", ""),
-                    question=question,
-                    options=options_phrase(labels),
-                    option_list=option_list(labels, wordings),
-                    examples=examples,
-                    **{k: val for k, val in v.fields.items() if k not in {"context", "question", "options", "option_list", "examples"}},
-                )
-            except KeyError as exc:
-                raise FairbenchError(
-                    f"task {card.name}: template of mode {mode_name} or question {q.id} uses "
-                    f"{{{exc.args[0]}}}, which the loader does not provide."
-                ) from None
-            requests.append(
-                Request(
-                    case_id=v.case.case_id,
-                    question_id=q.id,
-                    attributes=v.attributes,
-                    prompt=prompt.strip(),
-                    options=labels,
-                    method=mode.method,
-                    max_new_tokens=mode.max_new_tokens or max_new_tokens,
-                    temperature=temperature,
-                    seed=seed,
-                    meta={
-                        "subset": v.case.subset,
-                        "reference": v.fields.get(q.reference_field or "", ""),
-                        **({"option_wordings": wordings} if any(wordings) else {}),
-                    },
-                )
-            )
-    return requests
+    def as_dict(self) -> dict:
+        lps = None
+        if self.option_logprobs is not None:
+            # JSON has no NaN/inf; keep them visible as strings so scoring can count them invalid.
+            lps = [x if math.isfinite(x) else str(x) for x in self.option_logprobs]
+        out = {
+            "option_logprobs": lps,
+            "raw_output": self.raw_output,
+            "rendered_prompt": self.rendered_prompt,
+            "n_prompt_tokens": self.n_prompt_tokens,
+            "latency_s": round(self.latency_s, 6),
+            "extra": self.extra,
+        }
+        if self.probs is not None:
+            out["probs"] = [x if math.isfinite(x) else str(x) for x in self.probs]
+        if self.decisions is not None:
+            out["decisions"] = self.decisions
+        return out

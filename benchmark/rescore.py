@@ -1,14 +1,14 @@
-"""``fairbench score RUN_DIR``: re-derive scores and audits from stored raw outputs only."""
+"""``fairbench score RUN_DIR``: re-derive scores and audits from stored raw outputs only, for every kind."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from .cards import load_task
 from .errors import FairbenchError
-from .evaluate import evaluate
+from .kinds import kind_for
 from .store import RunStore, read_requests
-from .taskcard import load_task
 
 
 def rescore(run_dir: Path, tasks_dir: Path | None = None) -> dict:
@@ -18,13 +18,9 @@ def rescore(run_dir: Path, tasks_dir: Path | None = None) -> dict:
         raise FairbenchError(f"{results_path} not found: {run_dir} is not a finished fairbench run directory.")
     previous = json.loads(results_path.read_text(encoding="utf-8"))
     run_info = previous["run"]
-    card = load_task(run_info["task"], tasks_dir)
-    if card.kind == "imaging":
-        from .imaging.rescore import rescore_imaging
-
-        return rescore_imaging(run_dir, card, previous)
+    kind = kind_for(load_task(run_info["task"], tasks_dir))
     rows = [{k: v for k, v in row.items() if k != "scored"} for row in read_requests(run_dir)]
-    scored, results = evaluate(rows, card, run_info["seed"], run_info, previous.get("data_report", {}))
+    scored, results = kind.evaluate(rows, run_info["seed"], run_info, previous.get("data_report", {}))
     store = RunStore(run_dir)
     store.write_requests(scored)
     store.write_results(results)

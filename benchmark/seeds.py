@@ -27,7 +27,7 @@ from scipy import stats as sps
 
 from . import SCHEMA_VERSION
 from .errors import FairbenchError
-from .stats import TestResult, correct, r6
+from .audits.stats import TestResult, correct, r6
 from .store import dumps, write_atomic
 
 
@@ -85,15 +85,23 @@ def _as_dict(t: TestResult) -> dict:
     return {**t.as_dict(), **{k: r6(v) for k, v in t.extra.items()}}
 
 
+def _group_attributes(results: dict, endpoint: str) -> dict:
+    """The group audit's per-attribute results of ``endpoint`` (schema 2: ``results["audits"]["group"]``)."""
+    group = (results.get("audits") or {}).get("group") or {}
+    return group.get("endpoints", {}).get(endpoint, {}).get("attributes", {})
+
+
 def imaging_tests(results: list[dict]) -> list[TestResult]:
+    """Paired tests across seeds of the group audit's per-group AUCs and of the tuned vs 0.5 dp_gap
+    (runs without a group audit, e.g. text runs, have none)."""
     tests = []
-    if results[0].get("kind") != "imaging":
+    if not all("group" in (r.get("audits") or {}) for r in results):
         return tests
     e = results[0]["metrics"]["question"]
-    for attr in results[0]["group"]["endpoints"][e]["attributes"]:
+    for attr in _group_attributes(results[0], e):
         per_seed = []
         for r in results:
-            res = r["group"]["endpoints"][e]["attributes"].get(attr, {})
+            res = _group_attributes(r, e).get(attr, {})
             per_seed.append({g: v["auc"] for g, v in res.get("groups", {}).items() if not v["small"]})
         table = pd.DataFrame(per_seed)
         if table.shape[1] == 2:
@@ -101,8 +109,8 @@ def imaging_tests(results: list[dict]) -> list[TestResult]:
             tests.append(paired_t(table[g1].tolist(), table[g2].tolist(), f"{e}/{attr}/auc: {g1} vs {g2}"))
         elif table.shape[1] > 2:
             tests.append(rm_anova(table, f"{e}/{attr}/auc across groups"))
-        tuned = [r["group"]["endpoints"][e]["attributes"].get(attr, {}).get("dp_gap", {}).get("value") for r in results]
-        fixed = [r["group"]["endpoints"][e]["attributes"].get(attr, {}).get("dp_gap_at_0.5", {}).get("value") for r in results]
+        tuned = [_group_attributes(r, e).get(attr, {}).get("dp_gap", {}).get("value") for r in results]
+        fixed = [_group_attributes(r, e).get(attr, {}).get("dp_gap_at_0.5", {}).get("value") for r in results]
         tests.append(paired_t(tuned, fixed, f"{e}/{attr}/dp_gap: validation threshold vs 0.5"))
     return tests
 
@@ -113,8 +121,10 @@ def summarize(results: list[dict], run_dirs: list[Path]) -> dict:
     return {
         "schema_version": SCHEMA_VERSION,
         "kind": "seeds",
+        "run_kind": results[0].get("kind") or results[0]["run"].get("kind"),
         "model": results[0]["run"]["model"],
         "task": results[0]["run"]["task"],
+        "prompt_mode": results[0]["run"].get("prompt_mode"),
         "seeds": [r["run"]["seed"] for r in results],
         "runs": [str(d) for d in run_dirs],
         "metrics": {k: mean_ci(v) for k, v in _values(results).items()},

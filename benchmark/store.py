@@ -23,14 +23,12 @@ from pathlib import Path
 from .errors import FairbenchError
 
 log = logging.getLogger(__name__)
-# The fields a backend Result stores (Result.as_dict); a cache payload must hold all of them.
+# The fields every backend Result stores (requests.Result.as_dict); a cache payload must hold all of them.
 RESULT_FIELDS = ("option_logprobs", "raw_output", "rendered_prompt", "n_prompt_tokens", "latency_s", "extra")
-# The fields an imaging prediction stores (benchmark/imaging/backends/base.py): a valid payload too.
-IMAGING_FIELDS = ("probs", "valid", "raw_output")
 
 
 def _has_fields(value) -> bool:
-    return isinstance(value, dict) and (all(k in value for k in RESULT_FIELDS) or all(k in value for k in IMAGING_FIELDS))
+    return isinstance(value, dict) and all(k in value for k in RESULT_FIELDS)
 
 
 def write_atomic(path: Path, text: str) -> None:

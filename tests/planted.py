@@ -16,7 +16,8 @@ import math
 
 import numpy as np
 
-from benchmark.backends.base import Backend, Result
+from benchmark.backends.base import Backend
+from benchmark.requests import Result
 
 SHIFTS: dict[str, dict[str, float]] = {}  # attribute -> value -> shift of P(first option)
 NOISE = {"case_sd": 0.15, "request_sd": 0.02}

@@ -11,14 +11,7 @@ import socket
 import pytest
 from fake_openai import FakeServer, completions_echo, fake_logprob
 
-from benchmark.backends.openai import (
-    Client,
-    MalformedResponse,
-    OpenAIBackend,
-    continuation_logprob,
-    endpoint_for,
-    first_token_logprobs,
-)
+from benchmark.backends.openai import Client, MalformedResponse, OpenAIBackend, continuation_logprob, endpoint_for, first_token_logprobs
 from benchmark.cli import main
 from benchmark.config import ModelSpec
 from benchmark.errors import FairbenchError

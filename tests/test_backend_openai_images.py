@@ -15,10 +15,11 @@ from fake_openai import FakeServer
 
 from benchmark.backends.openai import image_messages
 from benchmark.config import ModelSpec
-from benchmark.imaging.backends.served import ServedVLMBackend
-from benchmark.imaging.engine import limit_dataset, load_dataset
-from benchmark.imaging.inputs import pil_image
-from benchmark.taskcard import load_task
+from benchmark.backends.openai import OpenAIBackend
+from benchmark.kinds.image.kind import predict_images
+from benchmark.kinds.image.kind import limit_dataset, load_dataset
+from benchmark.requests import pil_image
+from benchmark.cards import load_task
 
 
 def _decode(url: str) -> np.ndarray:
@@ -68,8 +69,8 @@ def test_image_messages_put_images_before_the_text():
 def test_choice_requests_carry_the_exact_image_and_scores_parse(card):
     ds = limit_dataset(load_dataset(card, None), 4).split("test")
     with _vlm_server() as srv:
-        backend = ServedVLMBackend(_spec(srv.base_url, system_prompt="You are a radiologist."), card)
-        preds = backend.predict(ds)
+        backend = OpenAIBackend(_spec(srv.base_url, system_prompt="You are a radiologist."), card)
+        preds = predict_images(backend, ds)
         backend.close()
     assert len(srv.calls) == len(ds)  # one request per image and label
     sent = {}
@@ -91,13 +92,13 @@ def test_choice_requests_carry_the_exact_image_and_scores_parse(card):
 def test_missing_option_logprob_falls_back_to_generation_read_by_phi(card):
     ds = limit_dataset(load_dataset(card, None), 2).split("test")
     with _vlm_server(drop_no=True) as srv:
-        preds = ServedVLMBackend(_spec(srv.base_url), card).predict(ds)
+        preds = predict_images(OpenAIBackend(_spec(srv.base_url), card), ds)
     assert len(srv.calls) == 2 * len(ds)  # choice attempt + generation, both with the image
     assert all(p["content"][0]["type"] == "image_url" for _, c in srv.calls for p in [c["messages"][-1]])
     assert all(p["valid"] and p["probs"] == [0.0] and p["answers_read"] == {"lesion": "No"} for p in preds)
     assert all(p["vlm_answers"]["lesion"]["extra"]["choice_fallback"] == "generate" for p in preds)
     with _vlm_server(drop_no=True, answer="Hard to say.") as srv:
-        preds = ServedVLMBackend(_spec(srv.base_url), card).predict(ds)
+        preds = predict_images(OpenAIBackend(_spec(srv.base_url), card), ds)
     assert not any(p["valid"] for p in preds)  # unparseable: invalid, kept and counted
 
 
@@ -105,7 +106,7 @@ def test_generate_method_sends_max_new_tokens(card):
     gen = card.model_copy(update={"vlm": card.vlm.model_copy(update={"method": "generate", "max_new_tokens": 5})})
     ds = limit_dataset(load_dataset(gen, None), 2).split("test")
     with _vlm_server(answer="Yes.") as srv:
-        preds = ServedVLMBackend(_spec(srv.base_url), gen).predict(ds)
+        preds = predict_images(OpenAIBackend(_spec(srv.base_url), gen), ds)
     assert all(c["max_tokens"] == 5 and "logprobs" not in c for _, c in srv.calls)
     assert [p["probs"] for p in preds] == [[1.0]] * len(ds) and json.loads(preds[0]["raw_output"]) == {"lesion": "Yes."}
 

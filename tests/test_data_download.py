@@ -57,7 +57,7 @@ def test_bundled_task_has_nothing_to_download(capsys):
 @pytest.mark.parametrize("task", ["qpain", "treatment", "triage"])
 def test_official_cards_pin_every_file(task, shared_data):
     """Every official file has a URL and a SHA-256, and the pinned hash matches the reference copy."""
-    from benchmark.taskcard import load_task
+    from benchmark.cards import load_task
 
     card = load_task(task)
     assert set(card.data.download) == set(card.data.files) == set(card.data.sha256)

@@ -11,10 +11,11 @@ from fairlearn.metrics import MetricFrame, demographic_parity_difference, equali
 from sklearn.metrics import roc_auc_score
 
 from benchmark.audits.group import GroupAudit, ece, fast_auc, gap_metrics
-from benchmark.imaging.evaluate import endpoint_frame
-from benchmark.imaging.synth import generate
-from benchmark.imaging.thresholds import tune_threshold
-from benchmark.taskcard import load_task
+from benchmark.kinds.image.evaluate import endpoint_frame
+from benchmark.kinds.image.kind import predict_images
+from benchmark.data.image.synth import generate
+from benchmark.kinds.image.thresholds import tune_threshold
+from benchmark.cards import load_task
 
 
 def _frame(n=400, seed=0):
@@ -160,8 +161,8 @@ def test_clip_backend_zero_shot_on_tiny_random_clip(tmp_path):
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizerFast, PreTrainedTokenizerFast
 
     from benchmark.config import ModelSpec
-    from benchmark.imaging.backends.clip import CLIPBackend
-    from benchmark.imaging.engine import limit_dataset, load_dataset
+    from benchmark.backends.image.clip import CLIPBackend
+    from benchmark.kinds.image.kind import limit_dataset, load_dataset
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -181,5 +182,5 @@ def test_clip_backend_zero_shot_on_tiny_random_clip(tmp_path):
     card = card.model_copy(update={"loader_options": {**card.loader_options, "n": 60}})
     ds = limit_dataset(load_dataset(card, None), 5).split("test")
     backend = CLIPBackend(ModelSpec(name="tiny-clip", backend="clip", model=str(tmp_path), device="cpu"), card)
-    preds = backend.predict(ds)
+    preds = predict_images(backend, ds)
     assert len(preds) == len(ds) and all(0 < p["probs"][0] < 1 for p in preds)

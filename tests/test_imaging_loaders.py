@@ -9,9 +9,9 @@ import pytest
 
 import imaging_fixtures as fx
 from benchmark.errors import FairbenchError
-from benchmark.imaging.engine import load_dataset
-from benchmark.imaging.vocab import age_group, canonical_race, canonical_sex
-from benchmark.taskcard import load_task
+from benchmark.kinds.image.kind import load_dataset
+from benchmark.data.image.vocab import age_group, canonical_race, canonical_sex
+from benchmark.cards import load_task
 
 
 def card(name, **update):

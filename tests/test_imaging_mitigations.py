@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark.cases import LoadReport
+from benchmark.data.cases import LoadReport
 from benchmark.config import ModelSpec
-from benchmark.imaging.card import ImagingTaskCard
-from benchmark.imaging.synth import load_synth_xray
-from benchmark.mitigations.balanced import balanced_indices, strata_of
-from benchmark.mitigations.fairmed_losses import concept_infonce, cross_group_supcon, fairness_loss, moment_alignment
-from benchmark.mitigations.recipe import Mask, group_label_weights, mask_predicate
+from benchmark.cards.image import ImagingTaskCard
+from benchmark.data.image.synth import load_synth_xray
+from benchmark.backends.image.balanced import balanced_indices, strata_of
+from benchmark.backends.image.losses import concept_infonce, cross_group_supcon, fairness_loss, moment_alignment
+from benchmark.backends.image.recipe import Mask, group_label_weights, mask_predicate
 
 
 # ----- losses on hand-computable batches -----
@@ -162,8 +162,9 @@ def _tiny_spec(recipe=None, name="vit-t"):
 
 
 def test_threshold_postprocess_fits_on_validation_and_sets_decisions(tmp_path):
-    from benchmark.imaging.evaluate import endpoint_frame
-    from benchmark.mitigations.recipe import MitigatedClassifierBackend
+    from benchmark.kinds.image.evaluate import endpoint_frame
+    from benchmark.backends.image.recipe import MitigatedClassifierBackend
+    from benchmark.kinds.image.kind import predict_images
 
     card = _tiny_card()
     ds = load_synth_xray(card, None, LoadReport())
@@ -171,12 +172,12 @@ def test_threshold_postprocess_fits_on_validation_and_sets_decisions(tmp_path):
     rep = b.fit(ds.split("train"), ds.split("val"), tmp_path)
     assert rep["postprocess"]["fitted_on"] == "validation" and rep["postprocess"]["n_val"] == len(ds.split("val"))
     ev = ds.frame[ds.frame["split"] != "train"].reset_index(drop=True)
-    from benchmark.imaging.dataset import ImagingDataset
+    from benchmark.data.image.dataset import ImagingDataset
 
     eval_ds = ImagingDataset(ev, ds.label_type, ds.labels, ds.reader)
-    preds = b.predict(eval_ds)
+    preds = predict_images(b, eval_ds)
     assert all(p["decisions"][0] in (0.0, 1.0) for p in preds)
-    assert preds == b.predict(eval_ds)  # randomised decisions are keyed by (seed, image id)
+    assert preds == predict_images(b, eval_ds)  # randomised decisions are keyed by (seed, image id)
     rows = [{**p, "id": r["id"], "patient_id": r["patient_id"], "split": r["split"], "sex": r["sex"], "age_group": r["age_group"],
              "race": None, "targets": [r["lesion"]]} for p, (_, r) in zip(preds, ev.iterrows())]
     df, info = endpoint_frame(rows, card)
@@ -185,7 +186,8 @@ def test_threshold_postprocess_fits_on_validation_and_sets_decisions(tmp_path):
 
 
 def test_adversarial_reweighting_balanced_recipe_trains(tmp_path):
-    from benchmark.mitigations.recipe import MitigatedClassifierBackend
+    from benchmark.backends.image.recipe import MitigatedClassifierBackend
+    from benchmark.kinds.image.kind import predict_images
 
     card = _tiny_card()
     ds = load_synth_xray(card, None, LoadReport())
@@ -203,7 +205,7 @@ def test_mitigate_registers_recipe_models_and_rejects_text_base(tmp_path, monkey
     from benchmark.errors import FairbenchError
     from benchmark.mitigations.base import Context
     from benchmark.mitigations.fairmed_vlm import FairMedVLM, FairMedVLMConfig
-    from benchmark.mitigations.imaging import ImagingTaskData
+    from benchmark.mitigations.base import ImagingTaskData
 
     card = _tiny_card()
     ds = load_synth_xray(card, None, LoadReport())
@@ -228,7 +230,7 @@ def test_fairmed_vlm_one_training_step_on_tiny_llava():
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
     from benchmark.mitigations.fairmed_llava import VLMBatch, concept_embeddings, llava_lora_config, train_step
-    from benchmark.mitigations.recipe import FairMed
+    from benchmark.backends.image.recipe import FairMed
 
     torch.manual_seed(0)
     vision = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=16, patch_size=8)
@@ -264,7 +266,7 @@ def test_fairmed_vlm_one_training_step_on_tiny_llava():
 def test_fairtune_search_saves_mask_and_lr(tmp_path):
     from benchmark.mitigations.base import Context
     from benchmark.mitigations.fairtune import FairTune, FairTuneConfig
-    from benchmark.mitigations.imaging import ImagingTaskData
+    from benchmark.mitigations.base import ImagingTaskData
 
     card = _tiny_card(n=200)
     ds = load_synth_xray(card, None, LoadReport())

@@ -10,12 +10,13 @@ from vlm_fixtures import build_tiny_llava
 
 from benchmark.config import ModelSpec
 from benchmark.errors import FairbenchError
-from benchmark.imaging.answers import canonical, normalise, row_from_answers, vocabulary
-from benchmark.imaging.backends.vlm import VLMBackend
-from benchmark.imaging.engine import limit_dataset, load_dataset
-from benchmark.imaging.evaluate import endpoint_frame
-from benchmark.imaging.inputs import pil_image
-from benchmark.taskcard import load_task
+from benchmark.kinds.image.answers import canonical, normalise, row_from_answers, vocabulary
+from benchmark.backends.image.vlm import VLMBackend
+from benchmark.kinds.image.kind import limit_dataset, load_dataset
+from benchmark.kinds.image.evaluate import endpoint_frame
+from benchmark.requests import pil_image
+from benchmark.kinds.image.kind import predict_images
+from benchmark.cards import load_task
 
 
 @pytest.fixture(scope="module")
@@ -106,14 +107,14 @@ def test_vlm_choice_scores_are_exact_option_loglikelihoods(tiny_llava, card):
         assert g["option_logprobs"] == pytest.approx([_direct_logprob(backend, im, p, o) for o in ("Yes", "No")], abs=1e-4)
     # the image matters: different images, different scores
     assert len({round(g["option_logprobs"][0], 6) for g in got}) > 1
-    preds = backend.predict(ds)
+    preds = predict_images(backend, ds)
     assert [p["vlm_answers"]["lesion"] for p in preds] == got and all(p["valid"] for p in preds)
 
 
 def test_vlm_generate_mode_reads_answers_with_phi(tiny_llava, card):
     gen_card = _with_vlm(card, method="generate", max_new_tokens=3)
     ds = limit_dataset(load_dataset(gen_card, None), 2).split("test")
-    preds = _backend(tiny_llava, gen_card).predict(ds)
+    preds = predict_images(_backend(tiny_llava, gen_card), ds)
     for p in preds:
         text = p["vlm_answers"]["lesion"]["raw_output"]
         assert json.loads(p["raw_output"]) == {"lesion": text}
@@ -143,7 +144,7 @@ def test_vlm_run_end_to_end_and_bad_spec(tmp_path, tiny_llava, cli):
     assert results["n_invalid"] == 0 and results["metrics"]["auc"]["value"] is not None
     assert set(results["metrics"]["dp_gap"]) >= {"value", "ci_low", "ci_high"}
     rows = [json.loads(line) for line in (run_dir / "requests.jsonl").read_text().splitlines()]
-    assert all("option_logprobs" in r["vlm_answers"]["lesion"] for r in rows)
+    assert all(r["option_logprobs"] is not None and r["question_id"] == "lesion" for r in rows)  # one row per request
     before = (run_dir / "results.json").read_bytes()
     assert cli("score", str(run_dir), "--tasks-dir", str(tasks), "-q") == 0
     assert (run_dir / "results.json").read_bytes() == before

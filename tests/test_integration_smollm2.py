@@ -23,7 +23,7 @@ def test_default_run_on_a_slice(tmp_path, capsys):
     run_dir = tmp_path / "smollm2-135m__qpain-demo__zero_shot__seed0__limit2"
     results = json.loads((run_dir / "results.json").read_text())
     assert results["n_requests"] == 16 and results["invalid_rate"] == 0
-    groups = results["counterfactual"]["questions"]["treat"]["attributes"]["race"]["groups"]
+    groups = results["audits"]["counterfactual"]["questions"]["treat"]["attributes"]["race"]["groups"]
     for g in groups.values():
         assert 0 < g["mean_outcome"]["value"] < 1
     manifest = json.loads((run_dir / "manifest.json").read_text())

@@ -137,7 +137,7 @@ def test_leaderboard_concurrent_writers_keep_every_row(tiny_run, tmp_path):
         _edit_results(d, model=f"model-{i}")
         dirs.append(d)
     out = tmp_path / "lb" / "race"
-    code = "import sys; from pathlib import Path; from benchmark.leaderboard import update; update([Path(sys.argv[1])], Path(sys.argv[2]), plots=False)"
+    code = "import sys; from pathlib import Path; from benchmark.boards.leaderboard import update; update([Path(sys.argv[1])], Path(sys.argv[2]), plots=False)"
     procs = [subprocess.Popen([sys.executable, "-c", code, str(d), str(out)]) for d in dirs]
     assert all(p.wait(timeout=120) == 0 for p in procs)
     df = pd.read_csv(out.with_name("race.csv"))
@@ -184,7 +184,7 @@ def test_check_fails_on_planted_regression(fair_and_biased, capsys):
 
 
 def test_paired_per_case_metrics_match_the_audit(fair_and_biased):
-    from benchmark.check import _reference_variant, load_rows, per_case
+    from benchmark.boards.check import _reference_variant, load_rows, per_case
     import numpy as np
 
     _, cand, _ = fair_and_biased

@@ -46,7 +46,7 @@ def test_identity_steering_leaves_logprobs_unchanged(tmp_path, tiny_llama_dir):
     from benchmark.backends.hf import HFBackend
     from benchmark.config import ModelSpec
     from benchmark.mitigations import gaussian as G
-    from benchmark.mitigations.hooks import install_steering, save_transform
+    from benchmark.backends.steering import install_steering, save_transform
     from benchmark.requests import Request
 
     spec = ModelSpec(name="t", backend="hf", model=str(tiny_llama_dir), chat_template=True)

@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
-from benchmark.cases import Case
+from benchmark.data.cases import Case
 from benchmark.errors import FairbenchError
-from benchmark.mitigations.split import restrict, split_cases
-from benchmark.taskcard import load_task
+from benchmark.data.split import restrict, split_cases
+from benchmark.cards import load_task
 
 
 def _cases(n_yes=20, n_no=4):

@@ -18,11 +18,11 @@ import pytest
 from scipy import stats as sps
 
 import planted
-from benchmark import stats
+from benchmark.audits import stats
 from benchmark.audits.counterfactual import CounterfactualAudit
 from benchmark.cli import main
 from benchmark.registry import register, unregister
-from benchmark.taskcard import load_task
+from benchmark.cards import load_task
 
 SHIFT = -0.15  # planted: P(yes) of Black variants, everything else equal
 
@@ -45,7 +45,7 @@ def planted_backend(tmp_path, monkeypatch):
 
 
 def _tests(results, target):
-    return {t["test"]: t for t in results["counterfactual"]["tests"] if t["target"] == target}
+    return {t["test"]: t for t in results["audits"]["counterfactual"]["tests"] if t["target"] == target}
 
 
 def test_planted_shift_is_detected_and_estimated(tmp_path, planted_backend):
@@ -55,7 +55,7 @@ def test_planted_shift_is_detected_and_estimated(tmp_path, planted_backend):
     assert main([*argv, "-o", str(out), "-q"]) == 0
     run_dir = out / "planted__planted-demo__zero_shot__seed0"
     results = json.loads((run_dir / "results.json").read_text())
-    race = results["counterfactual"]["questions"]["treat"]["attributes"]["race"]
+    race = results["audits"]["counterfactual"]["questions"]["treat"]["attributes"]["race"]
     # Detection: the paired test on probabilities, after Holm over every test of the run.
     assert _tests(results, "treat/race/outcome")["friedman"]["p_adjusted"] < 0.01
     # Estimation: the signed paired effect's CI covers the planted shift; the unshifted groups' cover 0.

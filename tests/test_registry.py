@@ -3,7 +3,7 @@
 from benchmark import registry
 from benchmark.cli import main
 from benchmark.config import load_models
-from benchmark.taskcard import discover
+from benchmark.cards import discover
 
 
 def test_builtins_come_from_entry_points():

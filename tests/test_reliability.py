@@ -9,7 +9,7 @@ import sqlite3
 import pytest
 
 from benchmark import registry
-from benchmark.backends.base import Result
+from benchmark.requests import Result
 from benchmark.backends.hf import HFBackend
 from benchmark.cli import main
 

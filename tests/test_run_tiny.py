@@ -19,7 +19,7 @@ def test_run_writes_three_files(tmp_path, tiny_models_file, capsys):
         assert len(r["option_logprobs"]) == 2
         assert abs(sum(r["scored"]["probs"]) - 1) < 1e-6
     results = json.loads((run_dir / "results.json").read_text())
-    q = results["counterfactual"]["questions"]["treat"]
+    q = results["audits"]["counterfactual"]["questions"]["treat"]
     assert set(q["attributes"]) == {"race", "gender", "intersection"}
     assert q["n_rows"] == 16 and results["metrics"]["cf_flip_rate"]["n"] == 2
     manifest = json.loads((run_dir / "manifest.json").read_text())

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.cases import Case, LoadReport
-from benchmark.counterfactual import expand
-from benchmark.data import load_cases
+from benchmark.data.cases import Case, LoadReport
+from benchmark.kinds.text.expand import expand
+from benchmark.data.text import load_cases
 from benchmark.errors import FairbenchError
-from benchmark.requests import build_requests, question_options
-from benchmark.taskcard import load_task, read_card
+from benchmark.kinds.text.prompts import build_requests, question_options
+from benchmark.cards import load_task, read_card
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -111,7 +111,7 @@ def test_user_adds_an_attribute_without_python(tmp_path):
 
 def test_pre_expanded_rows_can_be_crossed_with_a_substituted_attribute(tmp_path):
     card = load_task("triage").model_copy(deep=True)
-    from benchmark.taskcard import Attribute
+    from benchmark.cards.text import Attribute
 
     card.counterfactual.attributes["age"] = Attribute(values=["40", "70"], reference="40")
     card.counterfactual.substitutions["{AGE}"] = "{age}"
@@ -167,7 +167,7 @@ def test_per_case_options_parse_and_reject_garbage():
 
 
 def test_limit_counts_case_ids_not_rows():
-    from benchmark.cases import first_cases
+    from benchmark.data.cases import first_cases
 
     rows = [Case(f"c{i // 8}", {}, attributes={"race": str(i % 8)}) for i in range(24)]
     kept = first_cases(rows, 2)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from benchmark.scoring import parse_answer, score_row
-from benchmark.taskcard import load_task
+from benchmark.kinds.text.scoring import parse_answer, score_row
+from benchmark.cards import load_task
 
 LIKERT = ["1", "2", "3", "4", "5"]
 WORDS = ["Strongly Disagree", "Disagree", "Neutral", "Agree", "Strongly Agree"]

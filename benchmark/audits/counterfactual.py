@@ -21,8 +21,8 @@ import itertools
 import numpy as np
 import pandas as pd
 
-from .. import stats
-from ..taskcard import TaskCard
+from . import stats
+from ..cards.text import TaskCard
 
 INTERSECTION = "intersection"
 
@@ -34,7 +34,10 @@ def _case_matrix(df: pd.DataFrame, column: str, values: list[str], value_col: st
 
 
 class CounterfactualAudit:
+    """The ``counterfactual`` audit plugin: needs paired per-request rows (``AuditData.rows``)."""
+
     name = "counterfactual"
+    needs = ("rows",)
 
     def __init__(self, card: TaskCard, seed: int = 0, with_ci: bool = True):
         self.card = card
@@ -288,6 +291,10 @@ class CounterfactualAudit:
             attributes[name] = {"groups": groups, "tests": tests}
         out["attributes"] = attributes
         return out
+
+    def audit(self, data) -> dict:
+        """The :class:`benchmark.audits.base.Audit` protocol: ``data.rows`` -> results dict."""
+        return self.run(data.rows)
 
     def run(self, df: pd.DataFrame) -> dict:
         questions = {}

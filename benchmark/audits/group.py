@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from fairlearn.metrics import MetricFrame
 
-from .. import stats
+from . import stats
 
 GAPS = ("dp_gap", "eod", "auc_gap", "worst_group_auc", "es_auc", "ece_gap", "underdiag_gap")
 HIGHER_IS_BETTER = {"accuracy": True, "auc": True, "worst_group_auc": True, "es_auc": True}
@@ -125,10 +125,18 @@ class _Clusters:
 
 
 class GroupAudit:
+    """The ``group`` audit plugin: needs per-instance endpoint rows (``AuditData.instances``)."""
+
     name = "group"
+    needs = ("instances",)
 
     def __init__(self, card, seed: int = 0):
         self.card, self.cfg, self.seed = card, card.audit, seed
+        # Imaging cards declare these; a text card's group audit gets them from its kind (AuditData).
+        self.attributes: list[str] = list(getattr(self.cfg, "attributes", []))
+        self.ece_bins: int = getattr(self.cfg, "ece_bins", 15)
+        self.no_finding_label: str | None = getattr(self.cfg, "no_finding_label", None)
+        self.decision_rule = f"{getattr(self.cfg, 'threshold', 'max_f1')} on validation (argmax for multiclass), frozen for test; *_at_0.5 use 0.5"
         self.tests: list[stats.TestResult] = []
         self.warnings: list[str] = []
 
@@ -172,7 +180,7 @@ class GroupAudit:
     def _groups_table(self, y, p, d, d05, labels: pd.Series, underdiag_is_fpr: bool) -> dict:
         """Per-group point estimates through fairlearn's MetricFrame (index trick: y_pred carries
         row indices so each metric can read scores and both decisions)."""
-        bins = self.cfg.ece_bins
+        bins = self.ece_bins
 
         def m(fn):
             return lambda yt, idx: fn(np.asarray(yt, dtype=float), np.asarray(idx, dtype=int))
@@ -215,15 +223,15 @@ class GroupAudit:
             return out
         clusters = _Clusters(sub["patient_id"].astype(str).to_numpy())
         out["n_patients"] = clusters.n
-        bins = self.cfg.ece_bins
+        bins = self.ece_bins
         def overall(r):
             return {"accuracy": float((d[r] == y[r]).mean()), "accuracy_at_0.5": float((d05[r] == y[r]).mean()),
                     "auc": fast_auc(y[r], p[r]), "pos_rate": float(d[r].mean()), "ece": ece(y[r], p[r], bins)}
 
         out.update(self._ci_many(clusters, overall, ["accuracy", "accuracy_at_0.5", "auc", "pos_rate", "ece"], e, "overall"))
         out["prevalence"] = stats.r6(y.mean())
-        underdiag_is_fpr = e == self.cfg.no_finding_label
-        for attr in self.cfg.attributes:
+        underdiag_is_fpr = e == self.no_finding_label
+        for attr in self.attributes:
             labels = self.group_column(sub, attr)
             known = labels.notna().to_numpy()
             if known.sum() == 0:
@@ -255,6 +263,14 @@ class GroupAudit:
             out["attributes"][attr] = res
         return out
 
+    def audit(self, data) -> dict:
+        """The :class:`benchmark.audits.base.Audit` protocol: ``data.instances`` -> results dict."""
+        if data.attributes is not None:
+            self.attributes = list(data.attributes)
+        if data.decision_rule is not None:
+            self.decision_rule = data.decision_rule
+        return self.run(data.instances, data.endpoints)
+
     def run(self, df: pd.DataFrame, endpoints: list[str]) -> dict:
         result = {"endpoints": {e: self._endpoint(df, e) for e in endpoints}}
         stats.correct(self.tests, self.cfg.correction, self.cfg.alpha)
@@ -262,12 +278,14 @@ class GroupAudit:
             for res in ep["attributes"].values():
                 res["tests"] = [t.as_dict() for t in res["tests"]]
         result["warnings"] = self.warnings
+        result["tests"] = [t.as_dict() for t in self.tests]
+        result["correction"] = {"method": self.cfg.correction, "alpha": self.cfg.alpha, "n_tests": sum(t.p_value is not None for t in self.tests)}
         result["definitions"] = {
             "gap": "max - min over groups with at least min_group_size images",
             "eod": "max(TPR gap, FPR gap)",
             "es_auc": "AUC / (1 + sum_g |AUC - AUC_g|)",
-            "underdiag_gap": f"gap of FPR of {self.cfg.no_finding_label!r}" if self.cfg.no_finding_label else "gap of FNR (missed positives)",
+            "underdiag_gap": f"gap of FPR of {self.no_finding_label!r}" if self.no_finding_label else "gap of FNR (missed positives)",
             "ci": "95% bootstrap (BCa, percentile fallback) resampling patients",
-            "threshold": f"{self.cfg.threshold} on validation (argmax for multiclass), frozen for test; *_at_0.5 use 0.5",
+            "threshold": self.decision_rule,
         }
         return result

@@ -26,7 +26,8 @@ from ..errors import FairbenchError
 from ..hashing import sha256_file, sha256_tree
 from ..paths import cache_dir
 from ..requests import Request
-from .base import Backend, Result, settings_digest
+from .base import Backend, settings_digest
+from ..requests import Result
 from .continuations import score_options_after_context
 
 log = logging.getLogger(__name__)
@@ -108,8 +109,8 @@ class HFBackend(Backend):
         return settings_digest(settings)
 
     # ---------- loading ----------
-    def __init__(self, spec: ModelSpec, seed: int = 0, quiet: bool = True):
-        super().__init__(spec, seed, quiet)
+    def __init__(self, spec: ModelSpec, card=None, seed: int = 0, quiet: bool = True):
+        super().__init__(spec, card, seed, quiet)
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.check(spec)
@@ -128,7 +129,7 @@ class HFBackend(Backend):
             self.model = PeftModel.from_pretrained(self.model, os.path.expanduser(spec.adapter))
         self.model.to(self.device).eval()
         if spec.steering:  # a steering transform from `fairbench mitigate --method steering`
-            from ..mitigations.hooks import install_steering
+            from .steering import install_steering
 
             self._steering_hook = install_steering(self.model, spec.steering)
         self.load_seconds = time.perf_counter() - t0

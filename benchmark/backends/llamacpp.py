@@ -21,7 +21,8 @@ from ..errors import FairbenchError
 from ..hashing import sha256_file
 from ..requests import Request
 from . import prompting
-from .base import Backend, Result, settings_digest
+from .base import Backend, settings_digest
+from ..requests import Result
 from .hf import gguf_path
 
 
@@ -68,8 +69,8 @@ class LlamaCppBackend(Backend):
         }
         return settings_digest(settings)
 
-    def __init__(self, spec: ModelSpec, seed: int = 0, quiet: bool = True):
-        super().__init__(spec, seed, quiet)
+    def __init__(self, spec: ModelSpec, card=None, seed: int = 0, quiet: bool = True):
+        super().__init__(spec, card, seed, quiet)
         llama_cpp = _import_llama_cpp()
         self.check(spec)
         self._lib = llama_cpp

@@ -35,7 +35,8 @@ from ..config import ModelSpec
 from ..errors import FairbenchError
 from ..requests import Request
 from . import prompting
-from .base import Backend, Result, settings_digest
+from .base import Backend, settings_digest
+from ..requests import Result
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
@@ -152,6 +153,11 @@ def image_messages(messages: list[dict], data_urls: list[str]) -> list[dict]:
     return [*messages[:-1], {"role": last["role"], "content": [*parts, {"type": "text", "text": last["content"]}]}]
 
 
+def _urls(r: Request) -> tuple[str, ...]:
+    """The request's image content parts as data URLs (encoded in the worker thread that sends them)."""
+    return tuple(p.png_data_url() for p in r.images)
+
+
 def generated_text(response: dict, endpoint: str) -> str:
     path = "choices.0.text" if endpoint == "completions" else "choices.0.message.content"
     text = _get(response, path)
@@ -219,8 +225,9 @@ class Client:
 
 class OpenAIBackend(Backend):
     name = "openai"
-    # Imaging tasks run through this backend's imaging form, which sends the images (served VLMs).
-    imaging_backend = "openai-vlm"
+    # Image content parts are sent as base64 PNG data URLs on the chat endpoint (a served VLM,
+    # e.g. `vllm serve` of LLaVA); whether the served model reads them is the server's business.
+    accepts_images = True
 
     @classmethod
     def check(cls, spec: ModelSpec) -> None:
@@ -252,8 +259,8 @@ class OpenAIBackend(Backend):
         }
         return settings_digest(settings)
 
-    def __init__(self, spec: ModelSpec, seed: int = 0, quiet: bool = True):
-        super().__init__(spec, seed, quiet)
+    def __init__(self, spec: ModelSpec, card=None, seed: int = 0, quiet: bool = True):
+        super().__init__(spec, card, seed, quiet)
         self.check(spec)
         extra = spec.extra
         self.endpoint = endpoint_for(spec)
@@ -295,6 +302,8 @@ class OpenAIBackend(Backend):
 
     # ---------- choice scoring ----------
     def score_choices(self, requests: list[Request]) -> list[Result]:
+        if any(r.images for r in requests):  # images go on the chat endpoint only
+            return self._parallel(lambda r: self._score_chat(r, _urls(r)), requests)
         fn = self._score_completions if self.endpoint == "completions" else self._score_chat
         return self._parallel(fn, requests)
 
@@ -322,14 +331,6 @@ class OpenAIBackend(Backend):
             messages = image_messages(messages, list(images))
         return {"model": self.spec.model, "messages": messages, "seed": r.seed, **kw}
 
-    # ---------- image inputs (chat endpoint only: /completions takes no images) ----------
-    def score_choices_with_images(self, requests: list[Request], images: list[tuple[str, ...]]) -> list[Result]:
-        """Choice scoring as ``_score_chat``, each request with its images (data URLs)."""
-        return self._parallel(lambda item: self._score_chat(*item), list(zip(requests, images)))
-
-    def generate_with_images(self, requests: list[Request], images: list[tuple[str, ...]]) -> list[Result]:
-        return self._parallel(lambda item: self._generate_one(*item), list(zip(requests, images)))
-
     def _score_chat(self, r: Request, images: tuple[str, ...] = ()) -> Result:
         t0 = time.perf_counter()
         rendered = json.dumps(prompting.messages(self.spec, r.prompt), ensure_ascii=False)
@@ -351,7 +352,7 @@ class OpenAIBackend(Backend):
 
     # ---------- generation ----------
     def generate(self, requests: list[Request]) -> list[Result]:
-        return self._parallel(self._generate_one, requests)
+        return self._parallel(lambda r: self._generate_one(r, _urls(r)), requests)
 
     def _generate_one(self, r: Request, images: tuple[str, ...] = ()) -> Result:
         sampling = {"max_tokens": r.max_new_tokens, "temperature": r.temperature, "seed": r.seed}

@@ -17,7 +17,8 @@ from ..config import ModelSpec
 from ..errors import FairbenchError
 from ..requests import Request
 from . import prompting
-from .base import Backend, Result, settings_digest
+from .base import Backend, settings_digest
+from ..requests import Result
 
 
 def _import_vllm():
@@ -93,8 +94,8 @@ class VLLMBackend(Backend):
         }
         return settings_digest(settings)
 
-    def __init__(self, spec: ModelSpec, seed: int = 0, quiet: bool = True):
-        super().__init__(spec, seed, quiet)
+    def __init__(self, spec: ModelSpec, card=None, seed: int = 0, quiet: bool = True):
+        super().__init__(spec, card, seed, quiet)
         vllm = _import_vllm()
         self._vllm = vllm
         t0 = time.perf_counter()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import FairbenchError
 from ..paths import cache_dir
-from ..taskcard import TaskCard
+from ..cards.text import TaskCard
 
 TIMEOUT_S = 60
 

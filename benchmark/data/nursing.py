@@ -13,9 +13,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..cases import Case, LoadReport
+from .cases import Case, LoadReport
 from ..errors import FairbenchError
-from ..taskcard import TaskCard
+from ..cards.text import TaskCard
 from .csvutil import read_csv
 
 COLUMNS = ["case", "gender", "race", "text", "prompt", "options"]

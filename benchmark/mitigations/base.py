@@ -14,9 +14,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from ..cases import Case, LoadReport
+from ..data.cases import Case, LoadReport
 from ..config import ModelRegistry, ModelSpec
-from ..taskcard import TaskCard
+from ..cards.text import TaskCard
 
 
 class MitigationConfig(BaseModel):
@@ -34,6 +34,16 @@ class TaskData:
     report: LoadReport
     files: list[Path]
     prompt_mode: str
+
+
+@dataclass
+class ImagingTaskData:
+    """The mitigation side of an imaging task: train and validation only (never test)."""
+
+    card: object
+    train: object  # ImagingDataset
+    val: object
+    files: list[Path] = field(default_factory=list)
 
 
 @dataclass
@@ -58,7 +68,9 @@ class ModelArtifact:
 class Mitigation(ABC):
     name: str = "base"
     Config: type[MitigationConfig] = MitigationConfig
+    kinds: tuple[str, ...] = ("text",)  # the task kinds it applies to (``text`` -> TaskData, ``imaging`` -> ImagingTaskData)
 
     @abstractmethod
     def apply(self, base: ModelSpec, data: TaskData, config: MitigationConfig, ctx: Context) -> ModelArtifact:
-        """Fit or train on ``data.cases`` and write the artifact under ``ctx.out_dir``."""
+        """Fit or train on ``data`` (the mitigation cases, or the train/val images) and write the
+        artifact under ``ctx.out_dir``."""

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .fairmed_losses import concept_infonce, fairness_loss
-from .recipe import FairMed
+from ..backends.image.losses import concept_infonce, fairness_loss
+from ..backends.image.recipe import FairMed
 
 # Only the language model's attention projections; the vision tower's q/k/v_proj do not match.
 LLAVA_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj)"

@@ -23,7 +23,7 @@ from pydantic import Field
 
 from .base import MitigationConfig
 from .imaging import ImagingMitigation
-from .recipe import FairMed, Lora
+from ..backends.image.recipe import FairMed, Lora
 
 ABLATIONS = {
     "no-demo-prompts": {"demographic_prompts": False},

@@ -44,7 +44,7 @@ class FairTuneConfig(MitigationConfig):
 def objective_value(objective: str, y: np.ndarray, p: np.ndarray, groups: np.ndarray, card) -> float:
     """The outer objective on validation rows, from the group audit's metric functions."""
     from ..audits.group import gap_metrics, group_values
-    from ..imaging.thresholds import tune_threshold
+    from ..kinds.image.thresholds import tune_threshold
 
     ok = ~np.isnan(y) & ~np.isnan(p) & (groups >= 0)
     y, p, groups = y[ok], p[ok], groups[ok]
@@ -79,10 +79,10 @@ class FairTune(ImagingMitigation):
         import optuna
         import torch
 
-        from ..imaging.backends.classifier import _settings, build_classifier
-        from ..imaging.inputs import TensorView
-        from ..imaging.train import TrainConfig, train_classifier
-        from .recipe import Mask, codes, mask_predicate
+        from ..backends.image.classifier import _settings, build_classifier
+        from ..backends.image.inputs import TensorView
+        from ..backends.image.train import TrainConfig, train_classifier
+        from ..backends.image.recipe import Mask, codes, mask_predicate
 
         card = data.card
         if config.lr_min >= config.lr_max:

@@ -1,5 +1,6 @@
-"""``fairbench mitigate``: split the task's cases, let the method fit on the mitigation cases, write
-the artifact manifest and register the derived model(s) ``<base>+<method>``."""
+"""``fairbench mitigate``, for every kind: give the method only its share of the task's data (text: the
+mitigation cases of a held-out split; imaging: train and validation images), write the artifact
+manifest and register the derived model(s) ``<base>+<method>``, which the ordinary run path audits."""
 
 from __future__ import annotations
 
@@ -9,19 +10,20 @@ import time
 from pathlib import Path
 
 from ..config import ModelSpec, load_models
-from ..data import load_cases
+from ..data.image.dataset import load_dataset
+from ..data.text import load_cases
 from ..derived import register_derived
-from ..errors import FairbenchError
+from ..errors import FairbenchError, unknown
 from ..hashing import sha256_file, sha256_files
 from ..manifest import base_manifest
 from ..paths import cache_dir
 from ..registry import get
 from ..seeding import seed_everything
 from ..store import dumps, write_atomic
-from ..taskcard import load_task
+from ..cards import load_task
 from ..yamlio import parse_model, read_yaml
-from .base import Context, Mitigation, TaskData
-from .split import SPLIT_FILE, split_cases
+from .base import Context, ImagingTaskData, Mitigation, TaskData
+from ..data.split import SPLIT_FILE, split_cases
 
 
 def load_config(method: Mitigation, path: Path | None):
@@ -31,11 +33,42 @@ def load_config(method: Mitigation, path: Path | None):
     return parse_model(method.Config, data, Path(path) if path else Path(f"<{method.name} defaults>"))
 
 
-def derived_entry(base: ModelSpec, fields: dict, split_file: Path, description: str) -> dict:
+def derived_entry(base: ModelSpec, fields: dict, description: str) -> dict:
+    """The derived model's models.yaml entry: the base entry, the fields the method changed, and the
+    held-out split (``eval_cases``) for text tasks."""
     entry = base.model_dump(mode="json", exclude={"name"}, exclude_defaults=True)
     entry.update(fields)
-    entry.update({"base": base.name, "eval_cases": str(split_file), "description": description})
+    entry.update({"base": base.name, "description": description})
     return entry
+
+
+def _text_split(card, data_dir, prompt_mode, eval_fraction, seed):
+    """Validate and load everything before the artifact directory is touched (bad input loses nothing)."""
+    mode = prompt_mode or card.default_mode
+    if mode not in card.prompt_modes:
+        raise unknown("prompt mode", mode, card.prompt_modes, where=f"task {card.name}")
+    cases, report, files = load_cases(card, data_dir)
+    return cases, report, files, mode, split_cases(cases, card, eval_fraction, seed)
+
+
+def _text_data(card, cases, report, files, mode, split, eval_fraction, out: Path):
+    """The mitigation cases of a seeded held-out split (data/split.py); the split file is written to
+    ``out`` and named by the derived models, so their audits use only the evaluation cases."""
+    keep = set(split["mitigation_case_ids"])
+    data = TaskData(card, [c for c in cases if c.case_id in keep], report, files, mode)
+    split_file = out / SPLIT_FILE
+    write_atomic(split_file, dumps(split))
+    info = {"prompt_mode": mode, "files": sha256_files(files), "n_cases": len(cases),
+            "split": {"file": SPLIT_FILE, "sha256": sha256_file(split_file), "eval_fraction": eval_fraction,
+                      "n_mitigation": len(split["mitigation_case_ids"]), "n_evaluation": len(split["evaluation_case_ids"])}}
+    return data, {"eval_cases": str(split_file.resolve())}, info
+
+
+def _image_data(card, data_dir):
+    """Train and validation images only: the test split is never handed to a mitigation."""
+    ds = load_dataset(card, data_dir)
+    data = ImagingTaskData(card, ds.split("train"), ds.split("val"), list(ds.files))
+    return data, {}, {"files": sha256_files(ds.files), "n_train": len(data.train), "n_val": len(data.val), "test_used": False}
 
 
 def mitigate(
@@ -52,7 +85,8 @@ def mitigate(
     prompt_mode: str | None = None,
     quiet: bool = True,
 ) -> list[str]:
-    """Returns the names of the registered derived models."""
+    """Fit ``method_name`` on ``task``'s mitigation data for base ``model``; register and return the
+    names of the derived models (``<model>+<suffix>``). Raises FairbenchError on bad input."""
     t0 = time.time()
     seed_everything(seed)
     method_cls = get("mitigations", method_name)
@@ -63,34 +97,26 @@ def mitigate(
     if base.base is not None:
         raise FairbenchError(f'model "{model}" is itself derived (from {base.base}); mitigate its base model instead.')
     card = load_task(task, tasks_dir)
-    if getattr(card, "kind", "text") == "imaging":  # train/val only, recipe models (mitigations/imaging.py)
-        from .imaging import mitigate_imaging
-
-        return mitigate_imaging(method, config, base, card, models, seed, output_dir, data_dir, quiet, t0)
-    if getattr(method, "imaging", False):
-        raise FairbenchError(f"mitigation {method.name} works on imaging tasks only; task {card.name} is a text task.")
-    mode = prompt_mode or card.default_mode
-    if mode not in card.prompt_modes:
-        from ..errors import unknown
-
-        raise unknown("prompt mode", mode, card.prompt_modes, where=f"task {card.name}")
-    cases, report, files = load_cases(card, data_dir)
-    split = split_cases(cases, card, eval_fraction, seed)
-    keep = set(split["mitigation_case_ids"])
-    data = TaskData(card, [c for c in cases if c.case_id in keep], report, files, mode)
-
+    if card.kind not in method.kinds:
+        article = {"text": "a text", "imaging": "an imaging"}
+        raise FairbenchError(f"mitigation {method.name} works on {' and '.join(method.kinds)} tasks only; "
+                             f"task {card.name} is {article.get(card.kind, card.kind)} task.")
     out = Path(output_dir) if output_dir else cache_dir() / "mitigations" / f"{model}+{method.name}__{card.name}__seed{seed}"
+    if card.kind == "imaging":
+        data, entry_fields, data_info = _image_data(card, data_dir)
+    else:
+        loaded = _text_split(card, data_dir, prompt_mode, eval_fraction, seed)
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    split_file = out / SPLIT_FILE
-    write_atomic(split_file, dumps(split))
+    if card.kind != "imaging":
+        data, entry_fields, data_info = _text_data(card, *loaded, eval_fraction, out)
     artifact = method.apply(base, data, config, Context(out, seed, models, quiet))
 
     backend_cls = get("backends", base.backend)
     registered = []
     for suffix, fields in artifact.models.items():
         name = f"{model}+{suffix}"
-        register_derived(name, derived_entry(base, fields, split_file.resolve(), f"{suffix} mitigation of {model} on {card.name} (seed {seed})"))
+        register_derived(name, derived_entry(base, {**fields, **entry_fields}, f"{suffix} mitigation of {model} on {card.name} (seed {seed})"))
         registered.append(name)
     manifest = base_manifest(list(sys.argv))
     manifest.update(
@@ -98,16 +124,11 @@ def mitigate(
             "method": method.name,
             "config": config.model_dump(mode="json"),
             "seed": seed,
+            "kind": card.kind,
             "base_model": {"name": base.name, "fingerprint": backend_cls.fingerprint(base), "spec": base.model_dump(mode="json")},
-            "task": {"name": card.name, "prompt_mode": mode, "card_sha256": sha256_file(card.directory / "task.yaml")},
-            "data": {"files": sha256_files(files), "n_cases": len(cases)},
-            "split": {
-                "file": SPLIT_FILE,
-                "sha256": sha256_file(split_file),
-                "eval_fraction": eval_fraction,
-                "n_mitigation": len(split["mitigation_case_ids"]),
-                "n_evaluation": len(split["evaluation_case_ids"]),
-            },
+            "task": {"name": card.name, "prompt_mode": data_info.pop("prompt_mode", None), "card_sha256": sha256_file(card.directory / "task.yaml")},
+            "data": {k: v for k, v in data_info.items() if k != "split"},
+            **({"split": data_info["split"]} if "split" in data_info else {}),
             "derived_models": registered,
             "artifact": artifact.manifest,
             "wall_seconds": round(time.time() - t0, 3),

@@ -23,12 +23,13 @@ import time
 
 from pydantic import Field, field_validator
 
-from ..cases import Case
+from ..data.cases import Case
 from ..config import ModelSpec
-from ..counterfactual import PLACEHOLDER, Variant, expand
+from ..kinds.text.expand import PLACEHOLDER, Variant, expand
 from ..errors import FairbenchError
 from ..registry import get
-from ..requests import Request, build_requests
+from ..requests import Request
+from ..kinds.text.prompts import build_requests
 from ..store import write_atomic
 from .base import Context, Mitigation, MitigationConfig, ModelArtifact, TaskData
 
@@ -113,7 +114,7 @@ class SimPODistill(Mitigation):
 
     def apply(self, base: ModelSpec, data: TaskData, config: SimPOConfig, ctx: Context) -> ModelArtifact:
         from ..backends.hf import HFBackend
-        from .embedder import embed_similarities
+        from ..backends.embedder import embed_similarities
 
         if base.backend != "hf":
             raise FairbenchError(f'simpo-distill trains weights locally: model "{base.name}" uses backend {base.backend}, not hf.')

@@ -22,12 +22,12 @@ import numpy as np
 import torch
 
 from ..config import ModelSpec
-from ..counterfactual import expand
+from ..kinds.text.expand import expand
 from ..errors import FairbenchError
-from ..requests import build_requests
+from ..kinds.text.prompts import build_requests
 from . import gaussian as G
 from .base import Context, Mitigation, MitigationConfig, ModelArtifact, TaskData
-from .hooks import capture_last, save_transform
+from ..backends.steering import capture_last, save_transform
 
 Variant = Literal["optimal", "affirmative", "leace", "mean", "mimic"]
 SUFFIX = {"optimal": "steering", "affirmative": "steering-affirmative", "leace": "steering-leace",

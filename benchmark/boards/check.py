@@ -1,0 +1,462 @@
+"""``fairbench check``: the CI fairness regression gate.
+
+Compares a candidate run with a baseline row of a leaderboard CSV. A fairness metric regresses when
+its increase exceeds the tolerance (``--max-increase METRIC=DELTA``, default 0) *significantly*:
+
+- **paired** (per-request data of both runs available): restrict both runs to the (case, variant)
+  pairs they share, resample cases with replacement (the same resample for both runs, seeded with the
+  candidate run's seed), and compute the metric difference candidate − baseline on each resample. The
+  one-sided p-value of H0 "increase <= tolerance" is the share of resampled differences at or below the
+  tolerance; p-values of the gated metrics are Holm-corrected together; a metric regresses when its
+  adjusted p < alpha.
+- **CI** (otherwise): the metric regresses when the candidate's 95% CI lies entirely above the
+  baseline's 95% CI plus the tolerance (conservative); without CIs, when the point estimate does.
+
+Text runs gate the counterfactual metrics (cf_flip_rate, cf_mean_abs_delta, dp_gap). Imaging runs gate
+the group-audit gaps of the primary endpoint by the primary attribute (dp_gap, eod, auc_gap, ece_gap,
+underdiag_gap; all lower-is-fairer); their paired test resamples the **patients** of the test images both
+runs share (all images of a patient move together), each run keeping its own validation-tuned threshold,
+and recomputes the gaps with :mod:`benchmark.audits.group`'s functions. ``invalid_rate`` is gated when
+named in ``--max-increase``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import stats as sps
+from statsmodels.stats.multitest import multipletests
+
+from ..errors import FairbenchError
+from .leaderboard import COLUMNS, FAIRNESS_BY_KIND, FAIRNESS_METRICS, _read_json, _records, audits, kind_of, split_name
+from ..audits.stats import gap, r6
+from ..store import read_requests
+
+GATE_METRICS = FAIRNESS_METRICS + ["invalid_rate"]  # text runs
+GATE_METRICS_BY_KIND = {k: v + ["invalid_rate"] for k, v in FAIRNESS_BY_KIND.items()}
+ALPHA = 0.05
+
+
+def parse_tolerances(items: list[str] | None, kind: str = "text") -> dict[str, float]:
+    """``["dp_gap=0.05", ...]`` -> tolerances for the default fairness metrics of ``kind`` plus those named."""
+    kind = kind if kind in FAIRNESS_BY_KIND else "text"
+    gate = GATE_METRICS_BY_KIND[kind]
+    tol = {m: 0.0 for m in FAIRNESS_BY_KIND[kind]}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or name not in gate:
+            raise FairbenchError(
+                f"--max-increase {item!r}: expected METRIC=DELTA with METRIC one of {', '.join(gate)} ({kind} runs), e.g. dp_gap=0.05."
+            )
+        try:
+            delta = float(value)
+        except ValueError:
+            raise FairbenchError(f"--max-increase {item!r}: DELTA must be a number, e.g. {name}=0.05.") from None
+        if not math.isfinite(delta) or delta < 0:
+            raise FairbenchError(f"--max-increase {item!r}: DELTA must be a finite number >= 0.")
+        tol[name] = delta
+    return tol
+
+
+def baseline_row(csv_path: Path, run: dict, baseline_model: str | None) -> dict:
+    """The baseline leaderboard row for the candidate's task and prompt mode: the row of
+    ``baseline_model``, else of the candidate's own model, else the only row of that task and mode."""
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise FairbenchError(f"--baseline {csv_path} not found; give a leaderboard CSV written by `fairbench leaderboard`.")
+    rows = [r for r in _records(csv_path, COLUMNS) if r["task"] == run["task"] and r["prompt_mode"] == run["prompt_mode"]]
+    split = split_name(run.get("eval_split"))
+    same_split = [r for r in rows if r["eval_split"] == split] or rows
+    if not rows:
+        raise FairbenchError(
+            f"{csv_path}: no row for task {run['task']!r}, prompt mode {run['prompt_mode']!r}; add a baseline run with "
+            f"`fairbench leaderboard RUN_DIR --output {csv_path.with_suffix('')}`."
+        )
+    want = baseline_model or run["model"]
+    hits = [r for r in same_split if r["model"] == want]
+    if hits:
+        return hits[0]
+    if baseline_model is None and len(same_split) == 1:
+        return same_split[0]
+    names = ", ".join(sorted({r["model"] for r in same_split}))
+    raise FairbenchError(f"{csv_path}: no row for model {want!r} on {run['task']}/{run['prompt_mode']}; choose one with --baseline-model ({names}).")
+
+
+# ----- per-case metrics from stored requests -----
+# Hand-written on purpose: the audit computes these once with CIs and tests; the paired bootstrap needs
+# them thousands of times on resampled cases, so they are vectorised over a cases x variants layout.
+# The definitions match benchmark/audits/counterfactual.py (a test checks the full-sample values agree).
+
+@dataclass
+class PerCase:
+    cases: list[str]
+    flip: np.ndarray  # cases: 1 if the decision differs between valid variants (NaN if < 2 valid)
+    delta: np.ndarray  # cases: mean |outcome(variant) - outcome(reference)| (NaN without reference)
+    invalid: np.ndarray  # cases: share of invalid requests
+    decisions: np.ndarray | None  # cases x headline groups: per-case decision rate (binary only)
+
+    def value(self, metric: str, idx: np.ndarray) -> float:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            if metric == "cf_flip_rate":
+                return float(np.nanmean(self.flip[idx]))
+            if metric == "cf_mean_abs_delta":
+                return float(np.nanmean(self.delta[idx]))
+            if metric == "invalid_rate":
+                return float(np.nanmean(self.invalid[idx]))
+            if metric == "dp_gap" and self.decisions is not None:
+                return gap(self.decisions[idx])
+        return float("nan")
+
+
+def _reference_variant(results: dict, question: str) -> dict[str, str]:
+    attrs = audits(results)["counterfactual"]["questions"].get(question, {}).get("attributes", {})
+    return {a: v["reference"] for a, v in attrs.items() if "reference" in v}
+
+
+def load_rows(run_dir: Path, question: str) -> list[dict]:
+    return [r for r in read_requests(Path(run_dir)) if r.get("question_id") == question]
+
+
+def per_case(rows: list[dict], keys: set[tuple[str, str]], reference: dict[str, str], binary: bool) -> PerCase:
+    import pandas as pd
+
+    recs = [
+        {"case_id": r["case_id"], "variant": r["variant"], "valid": bool(r["scored"]["valid"]),
+         "outcome": r["scored"].get("outcome"), "decision": r["scored"].get("decision")}
+        for r in rows if (r["case_id"], r["variant"]) in keys
+    ]
+    df = pd.DataFrame.from_records(recs)
+    df["outcome"] = pd.to_numeric(df["outcome"], errors="coerce")
+    cases = sorted(df["case_id"].unique())
+    ref = next((v for v in df["variant"].unique() if dict(p.split("=", 1) for p in v.split("|")) == reference), None)
+    valid = df[df["valid"]]
+    flip = valid.groupby("case_id")["decision"].agg(lambda s: float(s.astype(str).nunique() > 1) if len(s) > 1 else np.nan)
+    by_variant = valid.pivot_table(index="case_id", columns="variant", values="outcome", aggfunc="mean")
+    if ref is not None and ref in by_variant:
+        delta = by_variant.drop(columns=[ref]).sub(by_variant[ref], axis=0).abs().mean(axis=1, skipna=True)
+    else:
+        delta = pd.Series(dtype=float)
+    invalid = (~df["valid"]).groupby(df["case_id"]).mean()
+    decisions = None
+    if binary:
+        dec = valid.assign(decision=valid["decision"].astype(float))
+        decisions = dec.pivot_table(index="case_id", columns="variant", values="decision", aggfunc="mean", dropna=False)
+        decisions = decisions.reindex(index=cases).to_numpy(dtype=float)
+    return PerCase(
+        cases=cases,
+        flip=flip.reindex(cases).to_numpy(dtype=float),
+        delta=delta.reindex(cases).to_numpy(dtype=float),
+        invalid=invalid.reindex(cases).to_numpy(dtype=float),
+        decisions=decisions,
+    )
+
+
+# ----- per-patient imaging metrics from stored requests -----
+# The stored request rows are turned into per-image frames exactly as `fairbench score` does
+# (kinds.image.evaluate: thresholds tuned on each run's own validation rows); the gaps are computed
+# with the group audit's own functions (audits.group.gap_metrics) on the test images both runs share.
+
+IMAGING_GAPS = ("dp_gap", "eod", "auc_gap", "ece_gap", "underdiag_gap", "worst_group_auc", "es_auc")
+
+
+@dataclass
+class _Endpoint:
+    y: np.ndarray  # common test images: label (NaN = masked)
+    p: np.ndarray  # P(positive)
+    d: np.ndarray  # decision at the run's tuned threshold
+    include: np.ndarray  # groups that enter the gaps (not small in this run), fixed from the full sample
+    underdiag_is_fpr: bool
+
+
+@dataclass
+class PerPatient:
+    """One run on the test images both runs share, in the same image order as the other run's."""
+    cases: list[str]  # patient ids (the resampling units)
+    clusters: object  # audits.group._Clusters over the common images
+    codes: np.ndarray  # images: group code of the primary attribute, -1 unknown
+    n_groups: int
+    valid: np.ndarray  # images: the run's answer is valid
+    main: _Endpoint
+    underdiag: _Endpoint  # the endpoint of the headline underdiag_gap (the "No Finding" one when the card names it)
+    bins: int
+
+    def _gaps(self, ep: _Endpoint, rows: np.ndarray) -> dict[str, float]:
+        from ..audits.group import gap_metrics
+
+        keep = rows[self.valid[rows] & ~np.isnan(ep.y[rows]) & (self.codes[rows] >= 0)]
+        return gap_metrics(ep.y[keep], ep.p[keep], ep.d[keep], self.codes[keep], self.n_groups, self.bins,
+                           ep.underdiag_is_fpr, ep.include)
+
+    def value(self, metric: str, idx: np.ndarray) -> float:
+        rows = self.clusters.rows(idx)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            if metric == "invalid_rate":
+                return float(np.mean(~self.valid[rows])) if len(rows) else float("nan")
+            if metric == "underdiag_gap":
+                return float(self._gaps(self.underdiag, rows)["underdiag_gap"])
+            if metric in IMAGING_GAPS:
+                return float(self._gaps(self.main, rows)[metric])
+        return float("nan")
+
+
+def imaging_frame(run_dir: Path, card):
+    """The per-image test frame of a stored imaging run (y:/p:/d:/d05: columns), by image id."""
+    from ..kinds.image.evaluate import endpoint_frame, image_rows
+
+    frame, _ = endpoint_frame(image_rows(read_requests(Path(run_dir)), card), card)
+    test = frame[frame["split"] == "test"]
+    return test.drop_duplicates("id").set_index("id")
+
+
+def per_patient(base_frame, cand_frame, card, endpoint: str, attribute: str) -> tuple[PerPatient, PerPatient, int]:
+    """Both runs restricted to their common test images, aligned; returns (base, candidate, n images)."""
+    from ..audits.group import GroupAudit, _Clusters
+
+    ids = sorted(set(base_frame.index) & set(cand_frame.index))
+    b, c = base_frame.loc[ids].reset_index(), cand_frame.loc[ids].reset_index()
+    labels = GroupAudit.group_column(c, attribute)
+    names = sorted({str(v) for v in labels.dropna()})
+    codes = np.array([names.index(str(v)) if v is not None and not (isinstance(v, float) and math.isnan(v)) else -1
+                      for v in labels], dtype=int)
+    clusters = _Clusters(c["patient_id"].astype(str).to_numpy())
+    nf = card.audit.no_finding_label
+    ud_endpoint = nf if nf and nf != endpoint and f"y:{nf}" in c else endpoint
+    min_n = card.audit.min_group_size
+
+    def one(df) -> PerPatient:
+        valid = df["valid"].to_numpy(dtype=bool)
+
+        def ep(e: str) -> _Endpoint:
+            y = df[f"y:{e}"].to_numpy(dtype=float)
+            ok = valid & ~np.isnan(y) & (codes >= 0)
+            counts = np.bincount(codes[ok], minlength=len(names)) if len(names) else np.zeros(0, int)
+            return _Endpoint(y, df[f"p:{e}"].to_numpy(dtype=float), df[f"d:{e}"].to_numpy(dtype=float),
+                             counts >= min_n, e == nf)
+
+        patients = sorted(set(df["patient_id"].astype(str)))
+        return PerPatient(patients, clusters, codes, len(names), valid, ep(endpoint), ep(ud_endpoint), card.audit.ece_bins)
+
+    return one(b), one(c), len(ids)
+
+
+# ----- comparisons -----
+
+@dataclass
+class Comparison:
+    metric: str
+    tolerance: float
+    baseline: tuple  # (value, ci_low, ci_high)
+    candidate: tuple
+    diff: float | None = None
+    diff_ci: tuple = (None, None)
+    p_value: float | None = None
+    p_adjusted: float | None = None
+    regressed: bool = False
+    note: str = ""
+
+
+@dataclass
+class CheckResult:
+    method: str  # "paired" | "ci"
+    detail: str
+    comparisons: list[Comparison]
+
+    @property
+    def regressions(self) -> list[Comparison]:
+        return [c for c in self.comparisons if c.regressed]
+
+
+def _rng(seed: int, metric: str) -> np.random.Generator:
+    digest = hashlib.sha256(f"{seed}|check|{metric}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def paired(base: PerCase, cand: PerCase, tolerances: dict[str, float], seed: int, n_boot: int = 2000) -> list[Comparison]:
+    n = len(cand.cases)
+    everyone = np.arange(n)
+    out = []
+    for metric, tol in tolerances.items():
+        b, c = base.value(metric, everyone), cand.value(metric, everyone)
+        comp = Comparison(metric, tol, (r6(b), None, None), (r6(c), None, None))
+        if math.isnan(b) or math.isnan(c):
+            comp.note = "not defined for this task"
+            out.append(comp)
+            continue
+        comp.diff = r6(c - b)
+
+        def diff(idx, metric=metric):
+            idx = idx.astype(int)
+            return cand.value(metric, idx) - base.value(metric, idx)
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = sps.bootstrap((everyone,), diff, n_resamples=n_boot, vectorized=False, method="percentile",
+                                confidence_level=0.95, random_state=_rng(seed, metric))
+        dist = np.asarray(res.bootstrap_distribution, dtype=float)
+        comp.diff_ci = (r6(res.confidence_interval.low), r6(res.confidence_interval.high))
+        # One-sided bootstrap p-value of H0 "increase <= tolerance"; a NaN resample counts for H0.
+        at_or_below = np.sum(np.isnan(dist) | (dist <= tol + 1e-12))
+        comp.p_value = float((1 + at_or_below) / (len(dist) + 1))
+        out.append(comp)
+    tested = [c for c in out if c.p_value is not None]
+    if tested:
+        reject, adjusted, _, _ = multipletests([c.p_value for c in tested], alpha=ALPHA, method="holm")
+        for c, rej, adj in zip(tested, reject, adjusted):
+            c.p_adjusted = r6(adj)
+            c.regressed = bool(rej) and c.diff > c.tolerance
+            c.p_value = r6(c.p_value)
+    return out
+
+
+def by_ci(base_row: dict, cand_metrics: dict, tolerances: dict[str, float]) -> list[Comparison]:
+    out = []
+    for metric, tol in tolerances.items():
+        b = tuple(base_row.get(f"{metric}{s}") for s in ("", "_ci_low", "_ci_high"))
+        est = cand_metrics.get("invalid_rate_ci" if metric == "invalid_rate" else metric)
+        if metric == "invalid_rate" and not est:
+            est = cand_metrics.get("invalid_rate")
+            est = est if isinstance(est, dict) else {"value": est}
+        est = est or {}
+        c = (est.get("value"), est.get("ci_low"), est.get("ci_high"))
+        comp = Comparison(metric, tol, b, c)
+        if b[0] is None or c[0] is None:
+            comp.note = "not defined for this task"
+        else:
+            comp.diff = r6(c[0] - b[0])
+            if None not in (b[2], c[1]):
+                comp.regressed = c[1] > b[2] + tol + 1e-12
+                comp.note = "candidate CI entirely above baseline CI + tolerance" if comp.regressed else ""
+            else:
+                comp.regressed = c[0] > b[0] + tol + 1e-12
+                comp.note = "no CI: point estimates compared"
+        out.append(comp)
+    return out
+
+
+def find_baseline_run(row: dict, baseline_run: Path | None, runs_dir: Path | None) -> tuple[Path | None, str]:
+    """The baseline's run directory when its per-request data is available and matches the row."""
+    if baseline_run is not None:
+        path = Path(baseline_run)
+        if not (path / "requests.jsonl").is_file():
+            raise FairbenchError(f"--baseline-run {path}: no requests.jsonl there; give a run directory written by `fairbench run`.")
+    elif runs_dir is not None and row.get("run_id"):
+        path = Path(runs_dir) / row["run_id"]
+        if not (path / "requests.jsonl").is_file():
+            return None, f"baseline per-request data not found under {runs_dir}"
+    else:
+        return None, "no baseline run directory given"
+    run = _read_json(path / "results.json")["run"]
+    for field in ("task", "prompt_mode", "model_fingerprint"):
+        if row.get(field) and run.get(field) != row.get(field):
+            return None, f"baseline run directory {path.name} does not match the leaderboard row ({field} differs)"
+    return path, ""
+
+
+def check(baseline_csv: Path, candidate: Path, max_increase: list[str] | None = None, baseline_model: str | None = None,
+          baseline_run: Path | None = None, runs_dir: Path | None = Path("runs"), n_boot: int = 2000,
+          tasks_dir: Path | None = None) -> tuple[CheckResult, dict, dict]:
+    cand_results = _read_json(Path(candidate) / "results.json")
+    kind = kind_of(cand_results)
+    tolerances = parse_tolerances(max_increase, kind)
+    run = cand_results["run"]
+    row = baseline_row(baseline_csv, run, baseline_model)
+    if row.get("kind") and row["kind"] != kind:
+        raise FairbenchError(f"{baseline_csv}: the baseline row of {row['model']} is a {row['kind']} run, the candidate a {kind} run.")
+    base_dir, why = find_baseline_run(row, baseline_run, runs_dir)
+    if kind == "imaging":
+        return _check_imaging(cand_results, Path(candidate), row, base_dir, why, tolerances, n_boot, tasks_dir)
+    question = cand_results["metrics"]["question"]
+    cand_path = Path(candidate) / "requests.jsonl"
+    if base_dir is not None and cand_path.is_file():
+        base_results = _read_json(base_dir / "results.json")
+        if base_results["metrics"]["question"] != question:
+            raise FairbenchError(f"{base_dir}: primary question differs from the candidate's ({question}); compare runs of the same task.")
+        base_rows, cand_rows = load_rows(base_dir, question), load_rows(candidate, question)
+        keys = {(r["case_id"], r["variant"]) for r in base_rows} & {(r["case_id"], r["variant"]) for r in cand_rows}
+        n_cases = len({k[0] for k in keys})
+        if n_cases >= 2:
+            qkind = audits(cand_results)["counterfactual"]["questions"].get(question, {}).get("kind")
+            reference = _reference_variant(cand_results, question)
+            base_pc = per_case(base_rows, keys, reference, qkind == "binary")
+            cand_pc = per_case(cand_rows, keys, reference, qkind == "binary")
+            comps = paired(base_pc, cand_pc, tolerances, int(run.get("seed") or 0), n_boot)
+            detail = (f"paired bootstrap over {n_cases} common cases ({len(keys)} case×variant pairs), {n_boot} resamples, "
+                      f"seed {run.get('seed')}, one-sided, Holm-corrected over {sum(c.p_value is not None for c in comps)} metrics, alpha {ALPHA}")
+            return CheckResult("paired", detail, comps), row, run
+        why = f"only {n_cases} case(s) in common with the baseline run"
+    elif base_dir is not None:
+        why = f"{cand_path} not found"
+    comps = by_ci(row, cand_results["metrics"], tolerances)
+    return CheckResult("ci", f"95% CIs compared ({why})", comps), row, run
+
+
+def _check_imaging(cand_results: dict, candidate: Path, row: dict, base_dir: Path | None, why: str,
+                   tolerances: dict[str, float], n_boot: int, tasks_dir: Path | None) -> tuple[CheckResult, dict, dict]:
+    run, m = cand_results["run"], cand_results["metrics"]
+    cand_path = candidate / "requests.jsonl"
+    if base_dir is not None and cand_path.is_file():
+        from ..cards import load_task
+
+        base_results = _read_json(base_dir / "results.json")
+        endpoint = m.get("question")
+        if base_results["metrics"].get("question") != endpoint:
+            raise FairbenchError(f"{base_dir}: primary endpoint differs from the candidate's ({endpoint}); compare runs of the same task.")
+        try:
+            card = load_task(run["task"], tasks_dir)
+        except FairbenchError as exc:
+            card, why = None, f"task card not found for the paired test: {exc}"
+        if card is not None:
+            attribute = m.get("attribute") or card.audit.primary_attribute
+            base_pp, cand_pp, n_images = per_patient(imaging_frame(base_dir, card), imaging_frame(candidate, card), card, endpoint, attribute)
+            n_patients = len(cand_pp.cases)
+            if n_patients >= 2:
+                comps = paired(base_pp, cand_pp, tolerances, int(run.get("seed") or 0), n_boot)
+                detail = (f"paired bootstrap over {n_patients} common test patients ({n_images} images), endpoint {endpoint} by "
+                          f"{attribute}, {n_boot} resamples of patients, seed {run.get('seed')}, one-sided, Holm-corrected over "
+                          f"{sum(c.p_value is not None for c in comps)} metrics, alpha {ALPHA}")
+                return CheckResult("paired", detail, comps), row, run
+            why = f"only {n_patients} test patient(s) in common with the baseline run"
+    elif base_dir is not None:
+        why = f"{cand_path} not found"
+    comps = by_ci(row, m, tolerances)
+    return CheckResult("ci", f"95% CIs compared ({why})", comps), row, run
+
+
+def render(result: CheckResult, row: dict, run: dict, console) -> None:
+    from rich.table import Table
+
+    def est(t: tuple) -> str:
+        if t[0] is None:
+            return "-"
+        return f"{t[0]:.4g}" + (f" [{t[1]:.4g}, {t[2]:.4g}]" if t[1] is not None and t[2] is not None else "")
+
+    def table(comps: list[Comparison], title: str) -> Table:
+        t = Table(title=title, title_justify="left")
+        for col in ("metric", "baseline", "candidate", "increase [95% CI]", "tol.", "p adj.", "status"):
+            t.add_column(col, justify="left" if col in ("metric", "status") else "right", no_wrap=col in ("metric", "status"))
+        for c in comps:
+            inc = "-" if c.diff is None else f"{c.diff:+.4g}" + (f" [{c.diff_ci[0]:+.4g}, {c.diff_ci[1]:+.4g}]" if c.diff_ci[0] is not None else "")
+            p = "-" if c.p_adjusted is None else f"{c.p_adjusted:.3g}"
+            status = "[bold red]REGRESSED[/]" if c.regressed else ("n/a" if c.diff is None else "ok")
+            t.add_row(c.metric, est(c.baseline), est(c.candidate), inc, f"{c.tolerance:g}", p, status)
+        return t
+
+    console.print(table(result.comparisons,
+                        f"fairbench check: {run['model']} vs baseline {row['model']} on {run['task']} · {run['prompt_mode']}"))
+    console.print(f"method: {result.detail}")
+    for c in result.comparisons:
+        if c.note:
+            console.print(f"  {c.metric}: {c.note}")
+    if result.regressions:
+        console.print(table(result.regressions, "Fairness regressions"))
+        console.print(f"[bold red]FAIL[/]: {len(result.regressions)} fairness metric(s) regressed beyond tolerance.")
+    else:
+        console.print("[bold green]PASS[/]: no fairness metric regressed beyond its tolerance.")

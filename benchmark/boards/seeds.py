@@ -1,0 +1,158 @@
+"""Multi-seed leaderboards (``fairbench leaderboard SEEDS_DIR... --reference MODEL``): one row per
+model from the ``summary.json`` of ``fairbench run --seeds N``, every metric as mean ± 95% t-CI
+over seeds, and paired t-tests against the reference model (e.g. ERM) across the shared seeds,
+Holm-corrected per row (``seeds.compare``). Writes NAME.md, NAME.csv and the trade-off plot
+NAME.tradeoff.png (utility against the kind's headline gap, Pareto frontier).
+
+Kind, prompt mode and evaluation split come from the runs' ``results.json`` (schema 2): imaging rows
+show accuracy, AUC, dp_gap, eod and worst-group AUC; text rows accuracy and the counterfactual metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from ..errors import FairbenchError
+from ..seeds import compare
+from ..store import write_atomic
+from .keys import split_name, tradeoff_plot_name
+
+METRICS_BY_KIND = {
+    "imaging": ["accuracy", "auc", "dp_gap", "eod", "worst_group_auc"],
+    "text": ["accuracy", "cf_flip_rate", "cf_mean_abs_delta", "dp_gap"],
+}
+METRICS = METRICS_BY_KIND["imaging"]
+HIGHER = {"accuracy": True, "auc": True, "worst_group_auc": True, "agreement": True,
+          "dp_gap": False, "eod": False, "cf_flip_rate": False, "cf_mean_abs_delta": False}
+# The gap on the trade-off plot and the sort key (lower first), per kind.
+HEADLINE_GAP = {"imaging": "dp_gap", "text": "cf_mean_abs_delta"}
+
+
+def run_kind(results: dict) -> str:
+    """``imaging`` or ``text``: the results' kind, else read off the audits present (schema 2)."""
+    kind = results.get("kind") or results.get("run", {}).get("kind")
+    if kind in METRICS_BY_KIND:
+        return kind
+    audits = results.get("audits") or {}
+    if "counterfactual" in audits:
+        return "text"
+    return "imaging"  # summaries of `run --seeds N` have been imaging runs (group metrics)
+
+
+def _metrics(kinds: set[str]) -> list[str]:
+    return list(dict.fromkeys(m for k in sorted(kinds) for m in METRICS_BY_KIND[k]))
+
+
+def _load(d: Path) -> tuple[dict, list[dict]]:
+    p = Path(d) / "summary.json"
+    if not p.is_file():
+        raise FairbenchError(f"{d}: no summary.json; pass directories written by `fairbench run --seeds N`.")
+    s = json.loads(p.read_text())
+    runs = []
+    for r in s["runs"]:
+        rp = Path(r) / "results.json"
+        if not rp.is_file():
+            raise FairbenchError(f"{p}: run directory {r} (field runs) has no results.json; re-run the seeds.")
+        runs.append(json.loads(rp.read_text()))
+    return s, runs
+
+
+def is_seeds_dir(d: Path) -> bool:
+    return (Path(d) / "summary.json").is_file()
+
+
+def build(dirs: list[Path], reference: str) -> list[dict]:
+    loaded = [_load(d) for d in dirs]
+    by_model = {s["model"]: (s, runs) for s, runs in loaded}
+    if reference not in by_model:
+        raise FairbenchError(f"--reference {reference!r} is not among the summaries' models {sorted(by_model)}.")
+    ref_runs = by_model[reference][1]
+    kinds = {run_kind(runs[0]) for _, runs in by_model.values()}
+    metrics = _metrics(kinds)
+    rows = []
+    for model, (s, runs) in by_model.items():
+        kind, run = run_kind(runs[0]), runs[0]["run"]
+        row = {"task": s["task"], "prompt_mode": run.get("prompt_mode") or s.get("prompt_mode") or "", "model": model,
+               "eval_split": "test" if kind == "imaging" else split_name(run.get("eval_split")), "kind": kind,
+               "base_model": run.get("base_model"), "n_seeds": len(s["seeds"]),
+               "seeds": " ".join(map(str, s["seeds"])), "n_test": runs[0].get("n_test")}
+        for m in metrics:
+            e = s["metrics"].get(m, {})
+            row[m], row[f"{m}_ci_low"], row[f"{m}_ci_high"], row[f"{m}_sd"] = e.get("mean"), e.get("ci_low"), e.get("ci_high"), e.get("sd")
+        if model != reference:
+            tests = {t["target"]: t for t in compare(runs, ref_runs)["tests"]}
+            for m in metrics:
+                t = tests.get(m, {})
+                row[f"{m}_diff"] = t.get("mean_diff")
+                row[f"{m}_p"] = t.get("p_value")
+                row[f"{m}_p_holm"] = t.get("p_adjusted")
+        rows.append(row)
+    rows.sort(key=lambda r: (r["model"] != reference, _gap(r) if _gap(r) is not None else 9))
+    return rows
+
+
+def _gap(r: dict):
+    return r.get(HEADLINE_GAP.get(r.get("kind"), "dp_gap"))
+
+
+def row_metrics(rows: list[dict]) -> list[str]:
+    return _metrics({r.get("kind") or "imaging" for r in rows})
+
+
+def _cell(r: dict, m: str) -> str:
+    if r.get(m) is None:
+        return "-"
+    txt = f"{r[m]:.3f} [{r[f'{m}_ci_low']:.3f}, {r[f'{m}_ci_high']:.3f}]" if r.get(f"{m}_ci_low") is not None else f"{r[m]:.3f}"
+    p = r.get(f"{m}_p_holm")
+    if r.get(f"{m}_diff") is not None:
+        better = (r[f"{m}_diff"] > 0) == HIGHER.get(m, False)
+        mark = ("↑" if better else "↓") if p is not None and p < 0.05 else ""
+        txt += f" Δ{r[f'{m}_diff']:+.3f} p={p:.3g}{mark}" if p is not None else f" Δ{r[f'{m}_diff']:+.3f}"
+    return txt
+
+
+def render(name: str, rows: list[dict], reference: str, plot: str | None) -> str:
+    task = rows[0]["task"]
+    metrics = row_metrics(rows)
+    kinds = {r.get("kind") or "imaging" for r in rows}
+    split = "test split" if kinds == {"imaging"} else f"{rows[0].get('eval_split') or 'all'} split"
+    note = (" Thresholds were tuned on validation in every run; dp_gap and eod are max − min over the groups of the "
+            "primary attribute." if "imaging" in kinds else "")
+    lines = [f"# {name}", "",
+             f"Task `{task}` ({', '.join(sorted(kinds))}, prompt mode {rows[0].get('prompt_mode') or '-'}), {split}; every value "
+             f"is the mean over the row's seeds with its 95% t-interval. Δ = mean paired difference against `{reference}` across "
+             "the same seeds; p = paired t-test, Holm-corrected over the headline metrics of the row; ↑ / ↓ = significantly "
+             f"better / worse (p < 0.05).{note}", "",
+             "| model | seeds | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
+    for r in rows:
+        lines.append(f"| `{r['model']}` | {r['seeds']} | " + " | ".join(_cell(r, m) for m in metrics) + " |")
+    if plot:
+        lines += ["", f"![utility against the headline gap]({plot})"]
+    return "\n".join(lines) + "\n"
+
+
+def write(dirs: list[Path], output: Path, reference: str, plots: bool = True) -> dict[str, Path]:
+    from .leaderboard import output_base
+
+    rows = build(dirs, reference)
+    base = output_base(Path(output))
+    base.parent.mkdir(parents=True, exist_ok=True)
+    out = {"csv": base.with_suffix(".csv"), "md": base.with_suffix(".md")}
+    write_atomic(out["csv"], pd.DataFrame(rows).to_csv(index=False, float_format="%.6g"))
+    plot_name = None
+    if plots:
+        from .plots import tradeoff
+
+        png = base.parent / tradeoff_plot_name(base.name)
+        prow = []
+        for r in rows:
+            u = "auc" if r.get("auc") is not None else "accuracy"
+            prow.append({**r, "utility": r.get(u), "utility_ci_low": r.get(f"{u}_ci_low"), "utility_ci_high": r.get(f"{u}_ci_high"),
+                         "utility_metric": "AUC" if u == "auc" else u})
+        gaps = {(r["task"], r["prompt_mode"]): HEADLINE_GAP.get(r.get("kind"), "dp_gap") for r in rows}
+        if tradeoff(prow, "dp_gap", png, gaps):
+            out["png"], plot_name = png, png.name
+    write_atomic(out["md"], render(base.name, rows, reference, plot_name))
+    return out

@@ -1,0 +1,117 @@
+"""Image task cards (``kind: imaging``): labels, demographics, age bins, splits and the question a VLM
+is asked. Parsed from the same ``tasks/<name>/task.yaml`` files as text cards (:func:`benchmark.cards.read_card`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+
+from .base import AuditSpec, CardBase, _Strict
+
+ATTRIBUTES = ("sex", "age_group", "race")
+
+
+class ClassPrompts(_Strict):
+    """Text prompts for CLIP-style zero-shot scoring of one label (several templates are averaged)."""
+
+    positive: list[str] = Field(min_length=1)
+    negative: list[str] = Field(default_factory=list)  # binary labels need them; multiclass uses positive only
+
+
+class VLMSpec(_Strict):
+    """How a VLM is asked. ``{label}`` is replaced by the label's display name."""
+
+    question: str = "Does this image show {label}? Answer Yes or No."
+    options: list[str] = Field(default_factory=lambda: ["Yes", "No"], min_length=2)
+    positive: str = "Yes"
+    method: Literal["choice", "generate"] = "choice"
+    max_new_tokens: int = Field(8, gt=0)
+    # Answer normalisation (the paper's Φ): canonical option -> accepted spellings after lowercasing
+    # and stripping punctuation. Each option always accepts its own name.
+    synonyms: dict[str, list[str]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _positive_is_option(self):
+        if self.positive not in self.options:
+            raise ValueError(f"vlm.positive {self.positive!r} must be one of vlm.options {self.options}")
+        return self
+
+
+class ImagingAudit(AuditSpec):
+    """Group-audit settings on top of the shared audit settings."""
+
+    attributes: list[str] = Field(default_factory=lambda: ["sex", "age_group", "sex*age_group"])
+    primary_attribute: str = "sex"  # the headline metrics use this grouping
+    threshold: Literal["max_f1", "youden"] = "max_f1"  # binary / multilabel; multiclass uses argmax
+    ece_bins: int = Field(15, ge=2)
+    # The underdiagnosis gap: FPR of this label by group (a "No Finding" label). Without one, the
+    # FNR of the primary endpoint (missed positives) by group, which is the same idea for one disease.
+    no_finding_label: str | None = None
+
+    @field_validator("attributes")
+    @classmethod
+    def _known(cls, v):
+        for a in v:
+            for part in a.split("*"):
+                if part not in ATTRIBUTES:
+                    raise ValueError(f"unknown attribute {part!r}; use {', '.join(ATTRIBUTES)} or a*b intersections")
+        return v
+
+
+class ImagingTaskCard(CardBase):
+    kind: Literal["imaging"]
+    modality: str = "image"
+    # binary: one label, sigmoid; multilabel: several independent labels; multiclass: one of classes.
+    label_type: Literal["binary", "multilabel", "multiclass"]
+    labels: list[str] = Field(min_length=1)  # binary/multilabel: label names; multiclass: class names
+    # multiclass: classes whose summed probability is the audited binary endpoint ("positive")
+    positive_classes: list[str] = Field(default_factory=list)
+    endpoint_name: str = "positive"
+    primary_label: str | None = None  # default: the first label
+    # Left-closed bins [a, b): edges [0, 40, 60, 80] -> 0-39, 40-59, 60-79, 80+. Same rule everywhere.
+    age_bins: list[float] = Field(default_factory=lambda: [0, 40, 60, 80], min_length=2)
+    split_seed: int = 0  # patient-level splits where the dataset has none (fixed across run seeds)
+    split_fractions: dict[str, float] = Field(default_factory=lambda: {"train": 0.7, "val": 0.1, "test": 0.2})
+    image_size: int = Field(64, ge=8)
+    prompts: dict[str, ClassPrompts] = Field(default_factory=dict)
+    vlm: VLMSpec = Field(default_factory=VLMSpec)
+    label_display: dict[str, str] = Field(default_factory=dict)  # label -> words used in prompts
+    audit: ImagingAudit = Field(default_factory=ImagingAudit)
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.label_type == "binary" and len(self.labels) != 1:
+            raise ValueError("label_type binary needs exactly one label")
+        if self.label_type == "multiclass":
+            if len(self.labels) < 2:
+                raise ValueError("label_type multiclass needs at least two classes in labels")
+            bad = [c for c in self.positive_classes if c not in self.labels]
+            if not self.positive_classes or bad:
+                raise ValueError(f"multiclass needs positive_classes chosen from labels {self.labels}")
+        if self.primary_label is not None and self.primary_label not in self.endpoints():
+            raise ValueError(f"primary_label {self.primary_label!r} is not one of {self.endpoints()}")
+        if sorted(self.age_bins) != list(self.age_bins) or len(set(self.age_bins)) != len(self.age_bins):
+            raise ValueError("age_bins must be strictly increasing edges")
+        if set(self.split_fractions) != {"train", "val", "test"} or abs(sum(self.split_fractions.values()) - 1) > 1e-6:
+            raise ValueError("split_fractions needs train, val and test summing to 1")
+        nf = self.audit.no_finding_label
+        if nf is not None and nf not in self.endpoints():
+            raise ValueError(f"audit.no_finding_label {nf!r} is not one of {self.endpoints()}")
+        return self
+
+    def endpoints(self) -> list[str]:
+        """The binary endpoints the audit scores: each label, or the derived multiclass endpoint."""
+        return [self.endpoint_name] if self.label_type == "multiclass" else list(self.labels)
+
+    def outputs(self) -> tuple[list[str], list[str]]:
+        """(the endpoints, the one mode ``image``), for listings."""
+        return self.endpoints(), [f"image ({self.label_type})"]
+
+    def primary(self) -> str:
+        return self.primary_label or self.endpoints()[0]
+
+    def display(self, label: str) -> str:
+        return self.label_display.get(label, label.lower())

@@ -1,0 +1,1 @@
+"""The text kind: counterfactual expansion, prompts, scoring of answers, evaluation."""

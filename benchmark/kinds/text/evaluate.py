@@ -1,0 +1,142 @@
+"""Stored rows -> scored rows -> audits -> ``results.json``. Used by ``run`` and by ``score``,
+so re-scoring a run directory with unchanged code reproduces its results byte for byte."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from ...audits.stats import r6
+from ...cards.text import TaskCard
+from ..base import AuditData
+from .scoring import score_row
+
+
+def score_rows(rows: list[dict], card: TaskCard) -> list[dict]:
+    """Add the parsed answer and outcome to each stored row (raw fields are left untouched)."""
+    return [{**row, "scored": score_row(row, card.question(row["question_id"]))} for row in rows]
+
+
+def frame(rows: list[dict], card: TaskCard) -> pd.DataFrame:
+    attrs = list(card.counterfactual.attributes)
+    records = []
+    for row in rows:
+        s = row["scored"]
+        rec = {
+            "case_id": row["case_id"],
+            "question_id": row["question_id"],
+            "variant": row["variant"],
+            "valid": bool(s["valid"]),
+            "outcome": s["outcome"],
+            "decision": s["decision"],
+            "correct": s.get("correct"),
+            "probs": s.get("probs"),
+            "options": row["options"],
+            "reference": (row.get("meta") or {}).get("reference", ""),
+        }
+        rec.update({a: row["attributes"][a] for a in attrs})
+        records.append(rec)
+    df = pd.DataFrame.from_records(records)
+    df["outcome"] = pd.to_numeric(df["outcome"], errors="coerce")
+    return df
+
+
+def endpoint_frame(df: pd.DataFrame, card: TaskCard) -> tuple[pd.DataFrame, list[str]]:
+    """The per-request frame as group-audit endpoints: one endpoint per binary question with a
+    reference answer (``y`` = the reference is the positive option, ``p`` = P(positive), ``d`` = the
+    positive option was chosen). Requests are the instances and cases the resampling unit
+    (``patient_id``), so the group audit's bootstrap keeps a case's variants together."""
+    endpoints = [q.id for q in card.questions if q.kind == "binary" and q.reference_field]
+    out = df[[a for a in card.counterfactual.attributes]].copy()
+    out["patient_id"] = df["case_id"].astype(str)
+    out["valid"] = df["valid"].astype(bool)
+    for qid in endpoints:
+        q = card.question(qid)
+        mine = (df["question_id"] == qid).to_numpy()
+        ref = df["reference"].where(mine & (df["reference"].astype(str) != ""))
+        out[f"y:{qid}"] = ref.map(lambda r: None if r is None or r != r else float(str(r).lower() == q.positive.lower())).astype(float)
+        out[f"p:{qid}"] = df["outcome"].where(mine).astype(float)
+        # A binary question's decision is already "the positive option was chosen" (scoring.py).
+        out[f"d:{qid}"] = df["decision"].where(mine & df["valid"]).map(lambda d: None if d is None or d != d else float(bool(d))).astype(float)
+        out[f"d05:{qid}"] = (out[f"p:{qid}"] >= 0.5).astype(float).where(out[f"p:{qid}"].notna())
+    return out, endpoints
+
+
+def headline(audit: dict, card: TaskCard) -> dict:
+    """The flat metrics of the primary (first) question, for tables, leaderboards and the CI gate."""
+    primary = card.questions[0].id
+    q = audit["questions"].get(primary, {})
+    out = {"question": primary, "invalid_rate": q.get("invalid_rate"), "n_rows": q.get("n_rows"), "n_cases": q.get("n_cases")}
+    for name in ("cf_flip_rate", "cf_mean_abs_delta", "cf_spread", "accuracy"):
+        if name in q:
+            out[name] = q[name]
+    inter = q.get("attributes", {}).get("intersection") or next(iter(q.get("attributes", {}).values()), {})
+    if "dp_gap" in inter:
+        out["dp_gap"] = inter["dp_gap"]
+    if "worst_group" in inter:
+        out["worst_group"] = inter["worst_group"]
+        out["worst_group_outcome"] = inter["groups"][inter["worst_group"]]["mean_outcome"]
+    return out
+
+
+# Which corrected paired test speaks to each headline metric (None of the group means differ /
+# decisions do not depend on the demographic variant). Used for the leaderboard's significance marker.
+SIGNIFICANCE_TESTS = {"cf_flip_rate": "decision", "dp_gap": "decision", "cf_mean_abs_delta": "outcome", "worst_group": "outcome"}
+
+
+def headline_significance(audit: dict, card: TaskCard) -> dict:
+    """Per headline metric: the paired test over the headline groups (the intersection, or the only
+    attribute) with its multiplicity-adjusted p-value, so tables can mark significant metrics."""
+    primary = card.questions[0].id
+    attrs = audit["questions"].get(primary, {}).get("attributes", {})
+    key = "intersection" if "intersection" in attrs else next(iter(attrs), None)
+    by_target = {t["target"]: t for t in audit.get("tests", []) if t.get("paired")}
+    out = {}
+    for metric, kind in SIGNIFICANCE_TESTS.items():
+        t = by_target.get(f"{primary}/{key}/{kind}")
+        if t is not None:
+            out[metric] = {"test": t["test"], "target": t["target"], "p_adjusted": t["p_adjusted"], "significant": t["significant"]}
+    return out
+
+
+def invalid_rate_ci(df: pd.DataFrame, card: TaskCard, seed: int) -> dict:
+    """Invalid rate of the primary question with a 95% CI resampling cases (variants of a case are
+    not independent, so a per-request binomial interval would be too narrow)."""
+    import hashlib
+
+    import numpy as np
+
+    from ...audits.stats import bootstrap_ci, estimate
+
+    sub = df[df["question_id"] == card.questions[0].id]
+    per_case = (~sub["valid"]).groupby(sub["case_id"]).mean().to_numpy(dtype=float)
+    if len(per_case) == 0:
+        return estimate(float("nan"), None, None, 0)
+    digest = hashlib.sha256(f"{seed}|{card.questions[0].id}|invalid_rate".encode()).digest()
+    rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+    point, low, high = bootstrap_ci(per_case, np.mean, rng, card.audit.n_boot)
+    return estimate(point, low, high, len(per_case))
+
+
+def evaluate(kind, rows: list[dict], seed: int, run_info: dict, data_report: dict) -> tuple[list[dict], dict]:
+    """Score every row, run the card's audits on the per-request frame, and build ``results.json``
+    (headline metrics from the counterfactual audit of the primary question)."""
+    card = kind.card
+    scored = score_rows(rows, card)
+    df = frame(scored, card)
+    attrs = list(card.counterfactual.attributes)
+    instances, endpoints = endpoint_frame(df, card)
+    data = AuditData(rows=df, instances=instances, endpoints=endpoints,
+                     attributes=attrs + (["*".join(attrs)] if len(attrs) > 1 else []),
+                     decision_rule="the answer chosen (highest option probability, or the parsed free-text answer); *_at_0.5 use P(positive) >= 0.5")
+    audits = kind.run_audits(data, seed)
+    cf = audits.get("counterfactual", {"questions": {}, "tests": []})
+    metrics = {
+        **headline(cf, card),
+        "significance": headline_significance(cf, card),
+        "invalid_rate_ci": invalid_rate_ci(df, card, seed),
+    }
+    results = kind.envelope(
+        run_info, metrics, audits, data_report,
+        n_requests=len(rows), n_invalid=int((~df["valid"]).sum()), invalid_rate=r6((~df["valid"]).mean()),
+    )
+    return scored, results

@@ -1,0 +1,57 @@
+"""The text kind: cases -> counterfactual variants -> one prompt per (variant, question) -> scored
+answers -> the audits the card names (counterfactual by default)."""
+
+from __future__ import annotations
+
+from ...data.cases import first_cases
+from ...data.split import restrict
+from ...data.text import load_cases
+from ...errors import FairbenchError, unknown
+from ..base import Kind, Prepared
+from .evaluate import evaluate
+from .expand import expand, variant_id
+from .prompts import build_requests
+
+
+class TextKind(Kind):
+    name = "text"
+    provides = ("rows", "instances")
+    default_audits = ("counterfactual",)
+
+    def check_backend(self, backend_cls, model_spec) -> None:
+        if not {"choice", "generate"} <= set(backend_cls.methods):
+            raise FairbenchError(
+                f'task {self.card.name} is a text task but model "{model_spec.name}" uses the imaging backend '
+                f'"{model_spec.backend}". Use a text model (fairbench list models).'
+            )
+
+    def prepare(self, spec, model_spec, models, backend_cls) -> Prepared:
+        card = self.card
+        mode = spec.prompt_mode or card.default_mode
+        if mode not in card.prompt_modes:
+            raise unknown("prompt mode", mode, card.prompt_modes, where=f"task {card.name}")
+        cases, report, files = load_cases(card, spec.data_dir)
+        n_cases_total = len({c.case_id for c in cases})
+        # A derived model is audited on the cases its mitigation never saw (data/split.py).
+        source = models.get(spec.cases_from) if spec.cases_from else model_spec
+        cases, split_info = restrict(cases, source, card.name, required=spec.cases_from is not None)
+        if spec.limit is not None:
+            cases = first_cases(cases, spec.limit)  # N case ids, all their (pre-expanded) rows
+        variants = expand(cases, card.counterfactual, spec.seed, report)
+        requests = build_requests(card, variants, mode, spec.seed,
+                                  max_new_tokens=model_spec.generation.max_new_tokens, temperature=spec.temperature)
+        run_info = {"prompt_mode": mode, "n_cases": len({c.case_id for c in cases}), "n_cases_available": n_cases_total,
+                    **split_info}
+        data_report = {"quirks": sorted(set(report.quirks)), "skipped": report.skipped}
+        return Prepared(requests, mode, run_info, files, data_report, heldout=split_info.get("eval_case_ids_sha256"))
+
+    def rows(self, requests, keys, cached) -> list[dict]:
+        return [
+            {"index": index, "key": key, "case_id": req.case_id, "question_id": req.question_id,
+             "variant": variant_id(req.attributes), "attributes": req.attributes, "prompt": req.prompt,
+             "options": req.options, "method": req.method, "meta": req.meta, **cached[key]}
+            for index, (req, key) in enumerate(zip(requests, keys))
+        ]
+
+    def evaluate(self, rows, seed, run_info, data_report):
+        return evaluate(self, rows, seed, run_info, data_report)
