@@ -48,10 +48,10 @@ def run(
     data_dir: Optional[Path] = DataDir,
 ) -> None:
     """Audit MODEL on TASK; write manifest.json, requests.jsonl and results.json to a run directory."""
-    from .spec import RunSpec
-    from .engine import run as run_engine
     from .boards.terminal import print_results
+    from .engine import run as run_engine
     from .shard import parse_shard
+    from .spec import RunSpec
 
     n = None
     if limit is not None:
@@ -90,8 +90,8 @@ def score(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Recompute parsing, metrics and statistics from stored raw outputs, without any model."""
-    from .rescore import rescore
     from .boards.terminal import print_results
+    from .rescore import rescore
 
     results = rescore(run_dir, tasks_dir)
     if quiet:
@@ -241,8 +241,8 @@ def data_download(
     force: bool = typer.Option(False, "--force", help="Download again even if a verified copy is present."),
 ) -> None:
     """Fetch TASK's official files from the URLs pinned in its task card and verify their SHA-256s."""
-    from .data.download import download
     from .cards import load_task
+    from .data.download import download
 
     card = load_task(task, tasks_dir)
     for name, status in download(card, data_dir, force=force):

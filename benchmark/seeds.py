@@ -26,8 +26,8 @@ import pandas as pd
 from scipy import stats as sps
 
 from . import SCHEMA_VERSION
-from .errors import FairbenchError
 from .audits.stats import TestResult, correct, r6
+from .errors import FairbenchError
 from .store import dumps, write_atomic
 
 

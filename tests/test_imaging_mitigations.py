@@ -187,7 +187,6 @@ def test_threshold_postprocess_fits_on_validation_and_sets_decisions(tmp_path):
 
 def test_adversarial_reweighting_balanced_recipe_trains(tmp_path):
     from benchmark.backends.image.recipe import MitigatedClassifierBackend
-    from benchmark.kinds.image.kind import predict_images
 
     card = _tiny_card()
     ds = load_synth_xray(card, None, LoadReport())

@@ -21,8 +21,8 @@ import itertools
 import numpy as np
 import pandas as pd
 
-from . import stats
 from ..cards.text import TaskCard
+from . import stats
 
 INTERSECTION = "intersection"
 

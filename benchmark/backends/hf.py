@@ -25,9 +25,8 @@ from ..device import pick_device, pick_dtype
 from ..errors import FairbenchError
 from ..hashing import sha256_file, sha256_tree
 from ..paths import cache_dir
-from ..requests import Request
+from ..requests import Request, Result
 from .base import Backend, settings_digest
-from ..requests import Result
 from .continuations import score_options_after_context
 
 log = logging.getLogger(__name__)

@@ -19,10 +19,9 @@ import numpy as np
 from ..config import ModelSpec
 from ..errors import FairbenchError
 from ..hashing import sha256_file
-from ..requests import Request
+from ..requests import Request, Result
 from . import prompting
 from .base import Backend, settings_digest
-from ..requests import Result
 from .hf import gguf_path
 
 

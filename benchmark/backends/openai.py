@@ -33,10 +33,9 @@ import httpx
 
 from ..config import ModelSpec
 from ..errors import FairbenchError
-from ..requests import Request
+from ..requests import Request, Result
 from . import prompting
 from .base import Backend, settings_digest
-from ..requests import Result
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 

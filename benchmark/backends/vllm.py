@@ -15,10 +15,9 @@ import time
 
 from ..config import ModelSpec
 from ..errors import FairbenchError
-from ..requests import Request
+from ..requests import Request, Result
 from . import prompting
 from .base import Backend, settings_digest
-from ..requests import Result
 
 
 def _import_vllm():

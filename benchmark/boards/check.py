@@ -32,10 +32,19 @@ import numpy as np
 from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 
-from ..errors import FairbenchError
-from .leaderboard import COLUMNS, FAIRNESS_BY_KIND, FAIRNESS_METRICS, _read_json, _records, audits, kind_of, split_name
 from ..audits.stats import gap, r6
+from ..errors import FairbenchError
 from ..store import read_requests
+from .leaderboard import (
+    COLUMNS,
+    FAIRNESS_BY_KIND,
+    FAIRNESS_METRICS,
+    _read_json,
+    _records,
+    audits,
+    kind_of,
+    split_name,
+)
 
 GATE_METRICS = FAIRNESS_METRICS + ["invalid_rate"]  # text runs
 GATE_METRICS_BY_KIND = {k: v + ["invalid_rate"] for k, v in FAIRNESS_BY_KIND.items()}

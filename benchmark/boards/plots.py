@@ -14,7 +14,6 @@ import numpy as np  # noqa: E402
 
 from .keys import group_plot_name, row_key, tradeoff_plot_name  # noqa: E402
 
-
 # Colour-blind-safe (Okabe-Ito) palette.
 COLORS = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
 

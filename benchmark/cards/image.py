@@ -3,11 +3,9 @@ is asked. Parsed from the same ``tasks/<name>/task.yaml`` files as text cards (:
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
-
 
 from .base import AuditSpec, CardBase, _Strict
 

@@ -13,9 +13,9 @@ import os
 import urllib.request
 from pathlib import Path
 
+from ..cards.text import TaskCard
 from ..errors import FairbenchError
 from ..paths import cache_dir
-from ..cards.text import TaskCard
 
 TIMEOUT_S = 60
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .cases import Case, LoadReport
 from ..cards.text import TaskCard
+from .cases import Case, LoadReport
 from .csvutil import read_csv
 
 COLUMNS = ["title", "Case one liner"]

@@ -13,9 +13,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .cases import Case, LoadReport
-from ..errors import FairbenchError
 from ..cards.text import TaskCard
+from ..errors import FairbenchError
+from .cases import Case, LoadReport
 from .csvutil import read_csv
 
 COLUMNS = ["case", "gender", "race", "text", "prompt", "options"]

@@ -12,9 +12,9 @@ import hashlib
 import json
 from pathlib import Path
 
-from .cases import Case
-from ..errors import FairbenchError
 from ..cards.text import TaskCard
+from ..errors import FairbenchError
+from .cases import Case
 
 SPLIT_FILE = "split.json"
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .cases import Case, LoadReport
+from ..cards.text import TaskCard
 from ..errors import FairbenchError
 from ..registry import get
-from ..cards.text import TaskCard
+from .cases import Case, LoadReport
 
 DATA_ENV = "FAIRBENCH_DATA"
 

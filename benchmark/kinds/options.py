@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+
 def option_probabilities(logprobs: list) -> list[float] | None:
     """Normalise option log-likelihoods over the option set; None when any is not a finite number."""
     try:

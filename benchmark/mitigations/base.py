@@ -14,9 +14,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from ..data.cases import Case, LoadReport
-from ..config import ModelRegistry, ModelSpec
 from ..cards.text import TaskCard
+from ..config import ModelRegistry, ModelSpec
+from ..data.cases import Case, LoadReport
 
 
 class MitigationConfig(BaseModel):

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from ..backends.image.recipe import FairMed, Lora
 from .base import MitigationConfig
 from .imaging import ImagingMitigation
-from ..backends.image.recipe import FairMed, Lora
 
 ABLATIONS = {
     "no-demo-prompts": {"demographic_prompts": False},

@@ -81,8 +81,8 @@ class FairTune(ImagingMitigation):
 
         from ..backends.image.classifier import _settings, build_classifier
         from ..backends.image.inputs import TensorView
-        from ..backends.image.train import TrainConfig, train_classifier
         from ..backends.image.recipe import Mask, codes, mask_predicate
+        from ..backends.image.train import TrainConfig, train_classifier
 
         card = data.card
         if config.lr_min >= config.lr_max:

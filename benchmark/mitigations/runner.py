@@ -9,8 +9,10 @@ import sys
 import time
 from pathlib import Path
 
+from ..cards import load_task
 from ..config import ModelSpec, load_models
 from ..data.image.dataset import load_dataset
+from ..data.split import SPLIT_FILE, split_cases
 from ..data.text import load_cases
 from ..derived import register_derived
 from ..errors import FairbenchError, unknown
@@ -20,10 +22,8 @@ from ..paths import cache_dir
 from ..registry import get
 from ..seeding import seed_everything
 from ..store import dumps, write_atomic
-from ..cards import load_task
 from ..yamlio import parse_model, read_yaml
 from .base import Context, ImagingTaskData, Mitigation, TaskData
-from ..data.split import SPLIT_FILE, split_cases
 
 
 def load_config(method: Mitigation, path: Path | None):

@@ -23,13 +23,13 @@ import time
 
 from pydantic import Field, field_validator
 
-from ..data.cases import Case
 from ..config import ModelSpec
-from ..kinds.text.expand import PLACEHOLDER, Variant, expand
+from ..data.cases import Case
 from ..errors import FairbenchError
+from ..kinds.text.expand import PLACEHOLDER, Variant, expand
+from ..kinds.text.prompts import build_requests
 from ..registry import get
 from ..requests import Request
-from ..kinds.text.prompts import build_requests
 from ..store import write_atomic
 from .base import Context, Mitigation, MitigationConfig, ModelArtifact, TaskData
 
@@ -113,8 +113,8 @@ class SimPODistill(Mitigation):
     Config = SimPOConfig
 
     def apply(self, base: ModelSpec, data: TaskData, config: SimPOConfig, ctx: Context) -> ModelArtifact:
-        from ..backends.hf import HFBackend
         from ..backends.embedder import embed_similarities
+        from ..backends.hf import HFBackend
 
         if base.backend != "hf":
             raise FairbenchError(f'simpo-distill trains weights locally: model "{base.name}" uses backend {base.backend}, not hf.')

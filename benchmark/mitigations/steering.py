@@ -21,13 +21,13 @@ from typing import Literal
 import numpy as np
 import torch
 
+from ..backends.steering import capture_last, save_transform
 from ..config import ModelSpec
-from ..kinds.text.expand import expand
 from ..errors import FairbenchError
+from ..kinds.text.expand import expand
 from ..kinds.text.prompts import build_requests
 from . import gaussian as G
 from .base import Context, Mitigation, MitigationConfig, ModelArtifact, TaskData
-from ..backends.steering import capture_last, save_transform
 
 Variant = Literal["optimal", "affirmative", "leace", "mean", "mimic"]
 SUFFIX = {"optimal": "steering", "affirmative": "steering-affirmative", "leace": "steering-leace",

@@ -34,10 +34,10 @@ from torch import nn
 
 from ...errors import FairbenchError
 from ...requests import Request, Result
-from .classifier import ClassifierBackend
-from .train import HookBatch, TrainConfig, train_classifier
 from .balanced import BalancedView, balanced_indices, strata_of
+from .classifier import ClassifierBackend
 from .losses import concept_infonce, fairness_loss
+from .train import HookBatch, TrainConfig, train_classifier
 
 
 class _Strict(BaseModel):

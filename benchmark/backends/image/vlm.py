@@ -68,7 +68,11 @@ class VLMBackend(Backend):
         super().__init__(spec, card, seed, quiet)
         self.device = pick_device(spec.device)
         self.check(spec)
-        from transformers import AutoModelForImageTextToText, AutoProcessor, LlavaForConditionalGeneration
+        from transformers import (
+            AutoModelForImageTextToText,
+            AutoProcessor,
+            LlavaForConditionalGeneration,
+        )
 
         cls = AutoModelForImageTextToText if spec.extra.get("model_class") == "auto" else LlavaForConditionalGeneration
         source = os.path.expanduser(spec.model)

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..cases import LoadReport
 from ...errors import FairbenchError
+from ..cases import LoadReport
 
 DATA_ENV = "FAIRBENCH_DATA"
 

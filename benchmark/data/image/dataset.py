@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..cases import LoadReport
 from ...errors import FairbenchError
 from ...registry import get
+from ..cases import LoadReport
 from .common import resolve_root
 from .vocab import age_group
 

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..cases import LoadReport
 from ...errors import FairbenchError
+from ..cases import LoadReport
+from .common import drop_missing_files, find_file, image_reader, read_table, skip_rows
 from .dataset import finish
 from .splits import patient_split
 from .vocab import canonical_race, canonical_sex
-from .common import drop_missing_files, find_file, image_reader, read_table, skip_rows
 
 
 def load_eyepacs(card, root: Path, report: LoadReport):

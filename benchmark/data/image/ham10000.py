@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..cases import LoadReport
 from ...errors import FairbenchError
+from ..cases import LoadReport
+from .common import drop_missing_files, find_file, image_reader, read_table, skip_rows
 from .dataset import finish
 from .splits import patient_split
 from .vocab import canonical_sex
-from .common import drop_missing_files, find_file, image_reader, read_table, skip_rows
 
 COLUMNS = ["lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization"]
 

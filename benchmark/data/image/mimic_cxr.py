@@ -21,10 +21,10 @@ from pathlib import Path
 import pandas as pd
 
 from ..cases import LoadReport
-from .dataset import finish
-from .vocab import canonical_race, canonical_sex
 from .chexpert import map_findings, uncertain_policy
 from .common import drop_missing_files, find_file, image_reader, read_table, skip_rows
+from .dataset import finish
+from .vocab import canonical_race, canonical_sex
 
 _SPLIT = {"train": "train", "validate": "val", "test": "test"}
 

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..cases import LoadReport
 from ...errors import FairbenchError
+from ..cases import LoadReport
+from .common import find_file, read_table, skip_rows
 from .dataset import finish
 from .vocab import canonical_sex
-from .common import find_file, read_table, skip_rows
 
 _SPLIT = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 

@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..cases import LoadReport
 from ...errors import FairbenchError
-from .dataset import finish
+from ..cases import LoadReport
 from .common import find_file, read_table, skip_rows
+from .dataset import finish
 
 SUPERCLASSES = ["NORM", "MI", "STTC", "CD", "HYP"]
 

@@ -25,8 +25,8 @@ import numpy as np
 import pandas as pd
 from scipy.ndimage import gaussian_filter
 
-from ..cases import LoadReport
 from ...errors import FairbenchError
+from ..cases import LoadReport
 from .dataset import finish
 from .splits import patient_split
 

@@ -12,9 +12,9 @@ import random
 import re
 from dataclasses import dataclass
 
+from ...cards.text import Counterfactual
 from ...data.cases import Case, LoadReport
 from ...errors import FairbenchError
-from ...cards.text import Counterfactual
 
 # Placeholder styles of the official files: "[race]" (Q-Pain) and "@Race" (Healer cases).
 PLACEHOLDER = re.compile(r"\[[A-Za-z_]+\]|(?<![\w@.])@[A-Za-z]+\b")

@@ -6,14 +6,10 @@
 
 from __future__ import annotations
 
-import math
 import re
 
 from ...cards.text import Question
 from ..options import option_probabilities
-
-
-
 
 _FINAL = re.compile(r"(?:final answer|answer)\s*(?:is)?\s*[:\-]?\s*\**\s*([^\n]*)", re.IGNORECASE)
 
