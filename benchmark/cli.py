@@ -52,6 +52,7 @@ def run(
     from .engine import run as run_engine
     from .shard import parse_shard
     from .spec import RunSpec
+    from .store import read_results
 
     n = None
     if limit is not None:
@@ -76,7 +77,7 @@ def run(
         print(f"shard {shard} done; {manifest['n_missing']} requests of other shards still missing in {run_dir}. "
               "The shard that completes the grid writes the results (or use `fairbench merge`).")
         return
-    results = json.loads((run_dir / "results.json").read_text())
+    results = read_results(run_dir)
     if quiet:
         print(run_dir)
     else:

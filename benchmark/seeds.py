@@ -15,7 +15,6 @@ All p-values in one summary are Holm-corrected together.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import re
 import warnings
@@ -28,7 +27,7 @@ from scipy import stats as sps
 from . import SCHEMA_VERSION
 from .audits.stats import TestResult, correct, r6
 from .errors import FairbenchError
-from .store import dumps, write_atomic
+from .store import dumps, read_results, write_atomic
 
 
 def _values(results: list[dict]) -> dict[str, list[float | None]]:
@@ -152,7 +151,7 @@ def run_seeds(spec, n: int, quiet: bool = False) -> tuple[Path, dict]:
     if n < 1:
         raise FairbenchError(f"--seeds must be a positive number of seeds, got {n}.")
     run_dirs = [run_engine(dataclasses.replace(spec, seed=spec.seed + i), quiet=quiet) for i in range(n)]
-    results = [json.loads((d / "results.json").read_text()) for d in run_dirs]
+    results = [read_results(d) for d in run_dirs]
     summary = summarize(results, run_dirs)
     name = re.sub(r"[^A-Za-z0-9._+=-]", "_", f"{spec.model}__{spec.task}__seeds{spec.seed}-{spec.seed + n - 1}")
     if spec.limit is not None:

@@ -20,6 +20,7 @@ import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
 
+from . import SCHEMA_VERSION
 from .errors import FairbenchError
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,23 @@ RESULT_FIELDS = ("option_logprobs", "raw_output", "rendered_prompt", "n_prompt_t
 
 def _has_fields(value) -> bool:
     return isinstance(value, dict) and all(k in value for k in RESULT_FIELDS)
+
+
+def read_results(run_dir: Path) -> dict:
+    """``run_dir/results.json`` in the current results schema; one-line errors otherwise (a missing
+    or damaged file, or one written by another schema version: ``fairbench score`` rewrites it)."""
+    path = Path(run_dir) / "results.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FairbenchError(f"{path} not found: {run_dir} is not a finished fairbench run directory.") from None
+    except json.JSONDecodeError as exc:
+        raise FairbenchError(f"{path}: not valid JSON ({exc.msg}); re-run `fairbench score {run_dir}`.") from None
+    version = data.get("schema_version") if isinstance(data, dict) else None
+    if version != SCHEMA_VERSION:
+        raise FairbenchError(f"{path}: results schema {version}, this fairbench reads schema {SCHEMA_VERSION}; "
+                             f"re-score the run with `fairbench score {run_dir}` (no model needed).")
+    return data
 
 
 def write_atomic(path: Path, text: str) -> None:

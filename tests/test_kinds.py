@@ -85,3 +85,21 @@ def test_image_content_parts_enter_the_request_key():
     assert a.key("m") != b.key("m") != text.key("m")
     assert a.as_dict()["images"] == ["synth|test|1"]  # the key of the pixels is stored, not the pixels
     assert grey.png_data_url().startswith("data:image/png;base64,")
+
+
+def test_results_of_another_schema_are_a_one_line_error_that_score_repairs(tmp_path, planted_models, capsys):
+    tasks = _task(tmp_path, "qpain-demo", "old-schema")
+    out = tmp_path / "runs"
+    assert main(["run", "-m", "planted", "-t", "old-schema", "--models-file", str(planted_models),
+                 "--tasks-dir", str(tasks), "-o", str(out), "-q"]) == 0
+    run_dir = next(out.iterdir())
+    results = json.loads((run_dir / "results.json").read_text())
+    old = {**{k: v for k, v in results.items() if k != "audits"}, "schema_version": 1, **results["audits"]}
+    (run_dir / "results.json").write_text(json.dumps(old))  # the version-1 layout
+    capsys.readouterr()
+    board = tmp_path / "board"
+    assert main(["leaderboard", str(run_dir), "-o", str(board), "--no-plots"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "schema 1" in err and "fairbench score" in err
+    assert main(["score", str(run_dir), "--tasks-dir", str(tasks), "-q"]) == 0  # no model needed
+    assert main(["leaderboard", str(run_dir), "-o", str(board), "--no-plots"]) == 0

@@ -34,12 +34,11 @@ from statsmodels.stats.multitest import multipletests
 
 from ..audits.stats import gap, r6
 from ..errors import FairbenchError
-from ..store import read_requests
+from ..store import read_requests, read_results
 from .leaderboard import (
     COLUMNS,
     FAIRNESS_BY_KIND,
     FAIRNESS_METRICS,
-    _read_json,
     _records,
     audits,
     kind_of,
@@ -362,7 +361,7 @@ def find_baseline_run(row: dict, baseline_run: Path | None, runs_dir: Path | Non
             return None, f"baseline per-request data not found under {runs_dir}"
     else:
         return None, "no baseline run directory given"
-    run = _read_json(path / "results.json")["run"]
+    run = read_results(path)["run"]
     for field in ("task", "prompt_mode", "model_fingerprint"):
         if row.get(field) and run.get(field) != row.get(field):
             return None, f"baseline run directory {path.name} does not match the leaderboard row ({field} differs)"
@@ -372,7 +371,7 @@ def find_baseline_run(row: dict, baseline_run: Path | None, runs_dir: Path | Non
 def check(baseline_csv: Path, candidate: Path, max_increase: list[str] | None = None, baseline_model: str | None = None,
           baseline_run: Path | None = None, runs_dir: Path | None = Path("runs"), n_boot: int = 2000,
           tasks_dir: Path | None = None) -> tuple[CheckResult, dict, dict]:
-    cand_results = _read_json(Path(candidate) / "results.json")
+    cand_results = read_results(Path(candidate))
     kind = kind_of(cand_results)
     tolerances = parse_tolerances(max_increase, kind)
     run = cand_results["run"]
@@ -385,7 +384,7 @@ def check(baseline_csv: Path, candidate: Path, max_increase: list[str] | None = 
     question = cand_results["metrics"]["question"]
     cand_path = Path(candidate) / "requests.jsonl"
     if base_dir is not None and cand_path.is_file():
-        base_results = _read_json(base_dir / "results.json")
+        base_results = read_results(base_dir)
         if base_results["metrics"]["question"] != question:
             raise FairbenchError(f"{base_dir}: primary question differs from the candidate's ({question}); compare runs of the same task.")
         base_rows, cand_rows = load_rows(base_dir, question), load_rows(candidate, question)
@@ -414,7 +413,7 @@ def _check_imaging(cand_results: dict, candidate: Path, row: dict, base_dir: Pat
     if base_dir is not None and cand_path.is_file():
         from ..cards import load_task
 
-        base_results = _read_json(base_dir / "results.json")
+        base_results = read_results(base_dir)
         endpoint = m.get("question")
         if base_results["metrics"].get("question") != endpoint:
             raise FairbenchError(f"{base_dir}: primary endpoint differs from the candidate's ({endpoint}); compare runs of the same task.")

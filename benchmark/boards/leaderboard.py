@@ -22,7 +22,7 @@ import pandas as pd
 from filelock import FileLock
 
 from ..errors import FairbenchError
-from ..store import write_atomic
+from ..store import read_results, write_atomic
 from .keys import KEY, row_key, split_name
 
 KINDS = ("text", "imaging")
@@ -242,7 +242,7 @@ def imaging_entry(row: dict, results: dict) -> list[dict]:
 def run_entry(run_dir: Path) -> tuple[dict, list[dict]]:
     """The leaderboard row and the per-group rows of one finished run directory (any kind)."""
     run_dir = Path(run_dir)
-    results = _read_json(run_dir / "results.json")
+    results = read_results(run_dir)
     manifest = _read_json(run_dir / "manifest.json") if (run_dir / "manifest.json").exists() else {}
     for field in ("run", "metrics"):
         if not isinstance(results.get(field), dict):

@@ -16,7 +16,7 @@ import pandas as pd
 
 from ..errors import FairbenchError
 from ..seeds import compare
-from ..store import write_atomic
+from ..store import read_results, write_atomic
 from .keys import split_name, tradeoff_plot_name
 
 METRICS_BY_KIND = {
@@ -55,7 +55,7 @@ def _load(d: Path) -> tuple[dict, list[dict]]:
         rp = Path(r) / "results.json"
         if not rp.is_file():
             raise FairbenchError(f"{p}: run directory {r} (field runs) has no results.json; re-run the seeds.")
-        runs.append(json.loads(rp.read_text()))
+        runs.append(read_results(Path(r)))
     return s, runs
 
 
