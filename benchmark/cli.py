@@ -1,22 +1,35 @@
-"""The ``fairbench`` command line. User errors print one line and exit with code 2."""
+"""The ``fairbench`` command line; it calls the Python API (:mod:`benchmark.api`).
+
+Exit codes: 0 success; 1 ``fairbench check`` found a fairness regression; 2 usage or input error (any
+parser error of any subcommand, a bad value, an unknown model or task, a malformed file); 3 the
+environment failed (disk full, read-only or vanished output directory, permission denied); 4 an
+internal error (a bug: rerun with ``--debug`` for the traceback); 130 interrupted. Every error is
+one line on stderr; ``--debug`` (before or after the subcommand, or ``FAIRBENCH_DEBUG=1``) shows
+the traceback instead.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
+import warnings
 from enum import Enum
 from pathlib import Path
 from typing import Optional
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from . import __version__
 from .errors import FairbenchError
 
-app = typer.Typer(add_completion=False, no_args_is_help=False, help="Fairness audits for medical AI models.")
+EXIT_REGRESSION, EXIT_USAGE, EXIT_ENVIRONMENT, EXIT_INTERNAL, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
+
+app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False,
+                  help="Fairness audits for medical AI models.")
 console = Console()
 _debug = {"on": False}
 
@@ -25,63 +38,122 @@ TasksDir = typer.Option(None, "--tasks-dir", envvar="FAIRBENCH_TASKS_DIR", help=
 DataDir = typer.Option(None, "--data-dir", envvar="FAIRBENCH_DATA", help="Directory with a task's official data files.")
 
 
+def _version(value: bool) -> None:
+    if value:
+        print(f"fairbench {__version__} (fairbench-med; results schema {__import__('benchmark').SCHEMA_VERSION})")
+        raise typer.Exit(0)
+
+
 @app.callback()
-def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks.")) -> None:
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks (also accepted after the subcommand)."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
     _debug["on"] = debug
+
+
+def _quiet_third_party() -> None:
+    """Keep third-party progress bars and warnings (weight loading, deprecations) out of fairbench's
+    output; ``--debug`` shows them."""
+    if _debug["on"]:
+        return
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("DATASETS_VERBOSITY", "error")
+    for name in ("transformers", "accelerate", "peft", "trl", "datasets", "huggingface_hub", "torch", "sentence_transformers"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    for module in ("transformers", "accelerate", "peft", "trl", "torch", "huggingface_hub", "datasets", "sklearn"):
+        warnings.filterwarnings("ignore", module=module)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - transformers is a core dependency
+        pass
 
 
 @app.command()
 def run(
-    model: str = typer.Option("smollm2-135m", "--model", "-m", help="A name from models.yaml."),
-    task: str = typer.Option("qpain-demo", "--task", "-t", help="A task name (fairbench list tasks)."),
-    prompt_mode: Optional[str] = typer.Option(None, "--prompt-mode", help="zero_shot, few_shot, cot ... (task default)."),
-    limit: Optional[str] = typer.Option(None, "--limit", help="Use only the first N cases."),
-    seed: int = typer.Option(0, "--seed"),
-    seeds: int = typer.Option(1, "--seeds", help="Run seeds SEED..SEED+N-1; write mean ± CI and paired tests across seeds."),
-    output_dir: Path = typer.Option(Path("runs"), "--output-dir", "-o"),
-    temperature: float = typer.Option(0.0, "--temperature", help="Sampling temperature for generation modes."),
-    shard: Optional[str] = typer.Option(None, "--shard", help="I/N: compute only shard I of N of the requests (deterministic); shards share the run directory."),
-    cases_from: Optional[str] = typer.Option(None, "--cases-from", help="Use only the held-out cases of this derived model (BASE+METHOD), to compare a base model fairly."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or tables."),
+    model: str = typer.Option("smollm2-135m", "--model", "-m", metavar="NAME[,NAME...]",
+                              help="models.yaml name(s); a comma-separated list runs a grid. With --model-args: a backend (hf, llamacpp, openai, vllm)."),
+    model_args: Optional[str] = typer.Option(None, "--model-args", metavar="K=V[,K=V...]",
+                                             help="Ad-hoc model without YAML: hf/vllm pretrained=ID_OR_DIR, llamacpp model_path=FILE.gguf, openai base_url=URL,model=NAME; plus any models.yaml field (dtype=bfloat16, revision=...)."),
+    task: str = typer.Option("qpain-demo", "--task", "-t", metavar="TASK[,TASK...]", help="Task name(s) (fairbench list tasks); comma-separated for a grid."),
+    prompt_mode: Optional[str] = typer.Option(None, "--prompt-mode", metavar="MODE[,MODE...]", help="zero_shot, few_shot, cot ... (task default); comma-separated for a grid."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Use only the first N cases."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of data shuffles, sampling and training (0 to 2^63-1)."),
+    seeds: int = typer.Option(1, "--seeds", min=1, help="Run seeds SEED..SEED+N-1; write mean ± CI and paired tests across seeds."),
+    output_dir: Path = typer.Option(Path("runs"), "--output-dir", "-o", help="Where run directories are written."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="Sampling temperature >= 0 for generation modes (default: the model entry's generation.temperature; 0 = greedy)."),
+    shard: Optional[str] = typer.Option(None, "--shard", metavar="I/N", help="Compute only shard I of N of the requests (deterministic); shards share the run directory."),
+    cases_from: Optional[str] = typer.Option(None, "--cases-from", metavar="BASE+METHOD", help="Use only the held-out cases of this derived model, to compare a base model fairly."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", envvar="FAIRBENCH_REQUEST_CACHE", help="Request cache shared across runs (default: OUTPUT_DIR/.cache)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the shared request cache (the run directory still resumes)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the verdict and the run directory (last line)."),
     models_file: Optional[Path] = ModelsFile,
     tasks_dir: Optional[Path] = TasksDir,
     data_dir: Optional[Path] = DataDir,
 ) -> None:
     """Audit MODEL on TASK; write manifest.json, requests.jsonl and results.json to a run directory."""
+    from .api import Results, evaluate_grid, split_list
     from .boards.terminal import print_results
-    from .engine import run as run_engine
+    from .boards.verdict import print_verdict
+    from .engine import make_progress
     from .shard import parse_shard
-    from .spec import RunSpec
-    from .store import read_results
 
-    n = None
-    if limit is not None:
-        try:
-            n = int(limit)
-        except ValueError:
-            raise FairbenchError(f"--limit must be a positive whole number of cases, got {limit!r}.") from None
-    spec = RunSpec(
-        model=model, task=task, prompt_mode=prompt_mode, seed=seed, limit=n, output_dir=output_dir,
-        models_file=models_file, tasks_dir=tasks_dir, data_dir=data_dir, temperature=temperature,
-        shard=parse_shard(shard), cases_from=cases_from,
-    )
+    _quiet_third_party()
+    models, tasks, modes = split_list(model), split_list(task), split_list(prompt_mode)
+    if model_args is not None and len(models) > 1:
+        raise FairbenchError("--model-args describes one ad-hoc model; give one backend in --model.")
+    options = dict(seed=seed, limit=limit, output_dir=output_dir, models_file=models_file, tasks_dir=tasks_dir, data_dir=data_dir,
+                   temperature=temperature, shard=parse_shard(shard), cases_from=cases_from, cache_dir=cache_dir,
+                   use_cache=not no_cache, model_args=model_args, argv=list(sys.argv))
+    grid = len(models) * len(tasks) * len(modes) > 1
     if seeds != 1:
+        from .api import _spec
         from .seeds import print_summary, run_seeds
 
-        out, summary = run_seeds(spec, seeds, quiet=quiet)
-        print(out) if quiet else print_summary(summary, out, console)
+        for m in models:
+            for t in tasks:
+                for pm in modes:
+                    out, summary = run_seeds(_spec(m, t, prompt_mode=pm, **options), seeds, quiet=quiet)
+                    print(out) if quiet else print_summary(summary, out, console)
         return
-    run_dir = run_engine(spec, quiet=quiet)
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    if manifest.get("status") == "partial":
-        print(f"shard {shard} done; {manifest['n_missing']} requests of other shards still missing in {run_dir}. "
-              "The shard that completes the grid writes the results (or use `fairbench merge`).")
-        return
-    results = read_results(run_dir)
-    if quiet:
-        print(run_dir)
-    else:
-        print_results(results, run_dir, console)
+    cells = evaluate_grid(models, tasks, modes, quiet=quiet, progress=None if quiet else make_progress(quiet), **options)
+    for cell in cells:
+        if not isinstance(cell, Results):
+            manifest = json.loads((cell / "manifest.json").read_text())
+            print(f"shard {shard} done; {manifest['n_missing']} requests of other shards still missing in {cell}. "
+                  "The shard that completes the grid writes the results (or use `fairbench merge`).")
+            continue
+        if quiet or grid:
+            print_verdict(cell.raw, None if quiet else console)
+            print(cell.run_dir)
+        else:
+            print_verdict(cell.raw, console)
+            console.print()
+            print_results(cell.raw, cell.run_dir, console)
+    if grid and not quiet:
+        _grid_table([c for c in cells if isinstance(c, Results)])
+
+
+def _grid_table(cells) -> None:
+    """One summary table over a grid: one row per run, the verdict and the headline metrics."""
+    def est(m, name):
+        e = m.get(name) or {}
+        return "-" if not isinstance(e, dict) or e.get("value") is None else f"{e['value']:.3g}"
+
+    table = Table(title="grid summary (lower is fairer; verdict from the paired tests after correction)", title_justify="left")
+    for col in ("model", "task", "mode", "cases", "verdict", "cf_flip", "cf_|Δ|", "dp_gap"):
+        table.add_column(col, overflow="fold", no_wrap=col in ("task", "mode", "verdict"))
+    for c in cells:
+        run, m, v = c.raw.get("run", {}), c.raw.get("metrics", {}), c.verdict
+        status = "effect" if v.any_effect else ("n/a" if v.findings and all(f.status == "not applicable" for f in v.findings) else "none found")
+        table.add_row(str(run.get("model")), str(run.get("task")), str(run.get("prompt_mode")), str(run.get("n_cases")), status,
+                      est(m, "cf_flip_rate"), est(m, "cf_mean_abs_delta"), est(m, "dp_gap"))
+    console.print(table)
 
 
 @app.command()
@@ -91,13 +163,16 @@ def score(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Recompute parsing, metrics and statistics from stored raw outputs, without any model."""
+    from .api import score as api_score
     from .boards.terminal import print_results
-    from .rescore import rescore
+    from .boards.verdict import print_verdict
 
-    results = rescore(run_dir, tasks_dir)
+    results = api_score(run_dir, tasks_dir).raw
+    print_verdict(results, None if quiet else console)
     if quiet:
         print(run_dir)
     else:
+        console.print()
         print_results(results, run_dir, console)
 
 
@@ -108,6 +183,7 @@ def leaderboard(
     sort_by: str = typer.Option("cf_mean_abs_delta", "--sort-by", help="Fairness metric to sort by: text cf_mean_abs_delta, cf_flip_rate, dp_gap; imaging dp_gap, eod, auc_gap, ece_gap, underdiag_gap (rows lacking it use their kind's default)."),
     no_plots: bool = typer.Option(False, "--no-plots", help="Skip the PNG figures."),
     reference: Optional[str] = typer.Option(None, "--reference", help="Multi-seed directories (run --seeds N): the model every row is paired-tested against (e.g. ERM)."),
+    html: bool = typer.Option(False, "--html", help="Also write NAME.html: the board and the given runs' report (fairbench report)."),
 ) -> None:
     """Merge runs into a leaderboard (one row per model x task x prompt mode; newer runs replace older)."""
     from .boards.leaderboard import update
@@ -121,8 +197,13 @@ def leaderboard(
         for path in write(run_dirs, output, reference, plots=not no_plots).values():
             print(path)
         return
-    for path in update(run_dirs, output, sort_by=sort_by, plots=not no_plots).values():
+    paths = update(run_dirs, output, sort_by=sort_by, plots=not no_plots)
+    for path in paths.values():
         print(path)
+    if html:  # the HTML report of the board (its CSV) and of the runs just added
+        from .boards.report import write_report
+
+        print(write_report(run_dirs, paths["csv"].with_suffix(".html"), board=paths["csv"]))
 
 
 @app.command()
@@ -136,13 +217,26 @@ def check(
     tasks_dir: Optional[Path] = TasksDir,
 ) -> None:
     """Exit 0 if no fairness metric of CANDIDATE regressed beyond tolerance against BASELINE, 1 if one did."""
-    from .boards.check import check as run_check
+    from .api import check as api_check
     from .boards.check import render
 
-    result, row, run = run_check(baseline, candidate, max_increase, baseline_model, baseline_run, runs_dir, tasks_dir=tasks_dir)
+    result, row, run = api_check(baseline, candidate, max_increase, baseline_model, baseline_run, runs_dir, tasks_dir=tasks_dir)
     render(result, row, run, console)
     if result.regressions:
         raise typer.Exit(1)
+
+
+@app.command()
+def report(
+    inputs: list[Path] = typer.Argument(..., help="Run directories, and/or a leaderboard CSV (leaderboards/NAME.csv)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="The HTML file (default: RUN_DIR/report.html for one run, NAME.html next to a leaderboard, else ./report.html)."),
+    tasks_dir: Optional[Path] = TasksDir,
+) -> None:
+    """Write one self-contained HTML report (opens offline from file://): verdict, forest plots, tables,
+    provenance, per-case drill-down, and paired model comparisons when several runs are given."""
+    from .boards.report import write_report
+
+    print(write_report(inputs, output, tasks_dir=tasks_dir))
 
 
 @app.command()
@@ -230,7 +324,7 @@ def list_(
     console.print(table)
 
 
-data_app = typer.Typer(no_args_is_help=True, help="Official task data: download and verify.")
+data_app = typer.Typer(no_args_is_help=False, help="Official task data: download and verify.")
 app.add_typer(data_app, name="data")
 
 
@@ -250,29 +344,91 @@ def data_download(
         console.print(f"{status:>10}  {name}  (sha256 verified)")
 
 
+def _exception_kinds() -> tuple[tuple, tuple, tuple]:
+    """(parser errors, exits, aborts) of every click flavour present: typer >= 0.20 bundles its own
+    click copy (``typer._click``, errors derive from ``typer.exceptions.TyperException``); older typer
+    and plain click raise ``click.exceptions``. Caught by kind, whichever copy raised them."""
+    import typer.exceptions as te
+
+    parse: list[type] = [te.TyperException] if hasattr(te, "TyperException") else []
+    exits: list[type] = [typer.Exit]
+    aborts: list[type] = [te.Abort] if hasattr(te, "Abort") else []
+    try:  # not a dependency: only present when something else installed it
+        import click.exceptions as ce
+
+        parse.append(ce.ClickException)
+        exits.append(ce.Exit)
+        aborts.append(ce.Abort)
+    except ImportError:
+        pass
+    return tuple(parse), tuple(exits), tuple(aborts)
+
+
+def _is_parser_error(exc: BaseException, kinds: tuple) -> bool:
+    if isinstance(exc, kinds):
+        return True
+    # Any other copy of click's exception hierarchy: a message formatter and an exit code.
+    return callable(getattr(exc, "format_message", None)) and isinstance(getattr(exc, "exit_code", None), int) \
+        and type(exc).__module__.split(".")[0] in ("click", "typer")
+
+
+def _split_debug(args: list[str]) -> tuple[list[str], bool]:
+    """``--debug`` is accepted anywhere before ``--``: moved in front of the subcommand."""
+    cut = args.index("--") if "--" in args else len(args)
+    debug = "--debug" in args[:cut]
+    rest = [a for a in args[:cut] if a != "--debug"] + args[cut:]
+    return (["--debug", *rest] if debug else rest), debug
+
+
+def _line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point: one-line errors with exit code 2; tracebacks only with --debug."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args or bool(os.environ.get("FAIRBENCH_DEBUG"))
+    """Console entry point: one-line errors with the documented exit codes (module docstring);
+    tracebacks only with --debug."""
+    args, debug = _split_debug(list(sys.argv[1:] if argv is None else argv))
+    debug = debug or bool(os.environ.get("FAIRBENCH_DEBUG"))
+    _debug["on"] = debug
+    parse, exits, aborts = _exception_kinds()
     try:
         # Without standalone mode click returns (not raises) the code of a `typer.Exit(n)`.
         code = app(args=args, standalone_mode=False, prog_name="fairbench")
     except FairbenchError as exc:
         if debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.exceptions.Abort:
+        print(f"error: {_line(exc)}", file=sys.stderr)
+        return getattr(exc, "exit_code", EXIT_USAGE)
+    except exits as exc:
+        return getattr(exc, "exit_code", 0)
+    except (KeyboardInterrupt, *aborts):
         print("aborted", file=sys.stderr)
-        return 130
-    except click.ClickException as exc:
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - every error is one line; --debug shows the traceback
         if debug:
             raise
-        print(f"error: {exc.format_message()} (see fairbench --help)", file=sys.stderr)
-        return exc.exit_code
+        if _is_parser_error(exc, parse):
+            print(f"error: {_line(exc.format_message())} (see fairbench {_subcommand(args)}--help)", file=sys.stderr)
+            return EXIT_USAGE
+        from .errors import storage_error
+
+        if isinstance(exc, OSError) or type(exc).__module__ == "sqlite3":
+            err = storage_error(getattr(exc, "filename", None) or "output", exc)
+            if err is not None:
+                print(f"error: {_line(err)}", file=sys.stderr)
+                return EXIT_ENVIRONMENT
+        print(f"error: internal error {type(exc).__name__}: {_line(exc)} (rerun with --debug for the traceback and "
+              "report it)", file=sys.stderr)
+        return EXIT_INTERNAL
     return code if isinstance(code, int) and not isinstance(code, bool) else 0
+
+
+def _subcommand(args: list[str]) -> str:
+    names = {c.name or c.callback.__name__ for c in app.registered_commands} | {"data"}
+    for a in args:
+        if a in names:
+            return f"{a} "
+    return ""
 
 
 def entry() -> None:

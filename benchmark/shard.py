@@ -37,28 +37,47 @@ def in_shard(key: str, shard: tuple[int, int] | None) -> bool:
 
 def merge_caches(dest: Path, sources: list[Path]) -> dict[str, int]:
     """Copy request-cache rows from shard run directories into ``dest`` (same run id expected).
-    Rows already in ``dest`` are kept. Returns rows added per source."""
+    Rows already in ``dest`` are kept. Returns rows added per source. Every source is checked
+    before anything is written: on any error a ``dest`` that did not exist is left absent."""
+    import shutil
+
     from .store import RunStore
 
-    store = RunStore(dest)
+    dest = Path(dest)
+    for src in sources:
+        db = Path(src) / "cache.sqlite"
+        if not db.is_file():
+            raise FairbenchError(f"{src}: no cache.sqlite; pass run directories written by `fairbench run --shard`.")
+        if Path(src).resolve() != dest.resolve() and Path(src).name != dest.name:
+            raise FairbenchError(f"{src}: run id {Path(src).name} differs from {dest.name}; shards of one run share the run id.")
+    created = not dest.exists()
     added = {}
     try:
+        store = RunStore(dest)
+    except BaseException:
+        if created:
+            shutil.rmtree(dest, ignore_errors=True)
+        raise
+    try:
         for src in sources:
-            db = Path(src) / "cache.sqlite"
-            if not db.is_file():
-                raise FairbenchError(f"{src}: no cache.sqlite; pass run directories written by `fairbench run --shard`.")
-            if Path(src).resolve() == Path(dest).resolve():
+            if Path(src).resolve() == dest.resolve():
                 continue
-            if Path(src).name != Path(dest).name:
-                raise FairbenchError(f"{src}: run id {Path(src).name} differs from {Path(dest).name}; shards of one run share the run id.")
+            db = Path(src) / "cache.sqlite"
             before = store.cache.conn.execute("SELECT COUNT(*) FROM results").fetchone()[0]
-            conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-            rows = conn.execute("SELECT key, payload FROM results").fetchall()
-            conn.close()
+            try:
+                conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+                rows = conn.execute("SELECT key, payload FROM results").fetchall()
+                conn.close()
+            except sqlite3.DatabaseError as exc:
+                raise FairbenchError(f"{db}: not a readable request cache ({exc}).") from None
             with store.cache.conn:
                 store.cache.conn.executemany("INSERT OR IGNORE INTO results (key, payload) VALUES (?, ?)", rows)
             after = store.cache.conn.execute("SELECT COUNT(*) FROM results").fetchone()[0]
             added[str(src)] = after - before
-    finally:
+    except BaseException:
         store.cache.close()
+        if created:
+            shutil.rmtree(dest, ignore_errors=True)
+        raise
+    store.cache.close()
     return added

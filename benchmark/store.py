@@ -21,7 +21,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from . import SCHEMA_VERSION
-from .errors import FairbenchError
+from .paths import cache_dir as user_cache_dir
+from .errors import FairbenchError, storage_error
 
 log = logging.getLogger(__name__)
 # The fields every backend Result stores (requests.Result.as_dict); a cache payload must hold all of them.
@@ -50,12 +51,24 @@ def read_results(run_dir: Path) -> dict:
 
 
 def write_atomic(path: Path, text: str) -> None:
+    """Write ``path`` whole (temporary file + rename). Disk full, read-only, permission and vanished
+    directories raise :class:`benchmark.errors.StorageError` (one line, exit code 3)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(path)
+    except OSError as exc:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        err = storage_error(path, exc)
+        if err is None:
+            raise
+        raise err from None
 
 
 def dumps(obj) -> str:
@@ -72,12 +85,19 @@ def _is_result(payload: str) -> bool:
 
 
 class RequestCache:
+    """Finished results by request key in one sqlite file (WAL; several processes may share it).
+    Environment failures (disk full, read-only, permission, vanished directory) raise
+    :class:`benchmark.errors.StorageError` naming the file."""
+
     def __init__(self, path: Path):
         self.path = path
         self.repairs: list[str] = []
         self.reset = False  # True when the file was unreadable and started afresh
         try:
             self._open()
+        except sqlite3.OperationalError as exc:
+            self._close_quietly()
+            self._raise_storage(exc)
         except sqlite3.DatabaseError as exc:
             self._close_quietly()
             aside = path.with_name(path.name + ".corrupt")
@@ -99,6 +119,12 @@ class RequestCache:
         if check != "ok":
             raise sqlite3.DatabaseError(f"integrity check: {check}")
 
+    def _raise_storage(self, exc: Exception):
+        err = storage_error(self.path, exc)
+        if err is None:
+            raise exc
+        raise err from None
+
     def _close_quietly(self) -> None:
         try:
             self.conn.close()
@@ -111,6 +137,12 @@ class RequestCache:
 
     def keys(self) -> set[str]:
         """Keys of the valid results. Rows whose payload is damaged are deleted (and so recomputed)."""
+        try:
+            return self._keys()
+        except sqlite3.OperationalError as exc:
+            self._raise_storage(exc)
+
+    def _keys(self) -> set[str]:
         good, bad = set(), []
         for key, payload in self.conn.execute("SELECT key, payload FROM results"):
             (good.add(key) if _is_result(payload) else bad.append(key))
@@ -121,6 +153,12 @@ class RequestCache:
         return good
 
     def get_many(self, keys: Iterable[str]) -> dict[str, dict]:
+        try:
+            return self._get_many(keys)
+        except sqlite3.OperationalError as exc:
+            self._raise_storage(exc)
+
+    def _get_many(self, keys: Iterable[str]) -> dict[str, dict]:
         out: dict[str, dict] = {}
         keys = list(keys)
         for start in range(0, len(keys), 500):
@@ -132,14 +170,34 @@ class RequestCache:
         return out
 
     def put_many(self, rows: dict[str, dict]) -> None:
-        with self.conn:  # one transaction: all of a batch or none of it
-            self.conn.executemany(
-                "INSERT OR REPLACE INTO results (key, payload) VALUES (?, ?)",
-                [(k, json.dumps(v, sort_keys=True)) for k, v in rows.items()],
-            )
+        try:
+            with self.conn:  # one transaction: all of a batch or none of it
+                self.conn.executemany(
+                    "INSERT OR REPLACE INTO results (key, payload) VALUES (?, ?)",
+                    [(k, json.dumps(v, sort_keys=True)) for k, v in rows.items()],
+                )
+        except sqlite3.OperationalError as exc:
+            self._raise_storage(exc)
 
     def close(self) -> None:
-        self.conn.close()
+        self._close_quietly()
+
+
+def shared_cache_path(cache_dir: Path | None, output_dir: Path) -> Path:
+    """The request cache shared by every run of this user (``~/.cache/fairbench/requests/requests.sqlite``,
+    under ``$FAIRBENCH_CACHE``), or ``CACHE_DIR/requests.sqlite`` with ``--cache-dir`` /
+    ``$FAIRBENCH_REQUEST_CACHE``. Keys are request content + the full model fingerprint, so any run may
+    reuse any other run's rows; the output directory holds only run directories."""
+    root = cache_dir or (Path(os.environ["FAIRBENCH_REQUEST_CACHE"]) if os.environ.get("FAIRBENCH_REQUEST_CACHE") else None)
+    root = Path(root) if root is not None else user_cache_dir() / "requests"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        err = storage_error(root, exc)
+        if err is None:
+            raise
+        raise err from None
+    return root / "requests.sqlite"
 
 
 class RunStore:
@@ -151,6 +209,7 @@ class RunStore:
             probe.write_text("ok")
             probe.unlink()
         except OSError as exc:
+            # Found before any work: a usage error (exit 2). Failures later in the run exit 3.
             raise FairbenchError(
                 f"output directory {run_dir.parent} is not writable ({exc.strerror}). Choose another --output-dir."
             ) from None

@@ -16,11 +16,13 @@ CHAT_TEMPLATE = (
 
 
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
+def _isolated_cache(tmp_path_factory, tmp_path, monkeypatch):
     """Tests never touch the user's ~/.cache/fairbench. One cache per test session, so the embedded
-    GGUF model is converted once per session."""
+    GGUF model is converted once per session; one shared request cache per test, so a test counts
+    only its own model calls."""
     cache = tmp_path_factory.getbasetemp() / "fairbench-cache"
     monkeypatch.setenv("FAIRBENCH_CACHE", str(cache))
+    monkeypatch.setenv("FAIRBENCH_REQUEST_CACHE", str(tmp_path / "request-cache"))
     monkeypatch.delenv("FAIRBENCH_MODELS_FILE", raising=False)
     monkeypatch.delenv("FAIRBENCH_TASKS_DIR", raising=False)
     monkeypatch.delenv("FAIRBENCH_DATA", raising=False)

@@ -54,8 +54,13 @@ class LlamaServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def start(self, timeout_s: float = 120) -> "LlamaServer":
+        # The stock server, started without llama.cpp's weight repacking (see
+        # benchmark.backends.llamacpp.without_weight_repacking: GCC 12 miscompiles its AMX kernels).
+        launch = ("import sys, runpy, llama_cpp; from benchmark.backends.llamacpp import without_weight_repacking; "
+                  "without_weight_repacking(llama_cpp); sys.argv[0] = 'llama_cpp.server'; "
+                  "runpy.run_module('llama_cpp.server', run_name='__main__')")
         cmd = [
-            sys.executable, "-m", "llama_cpp.server", "--model", str(self.gguf), "--model_alias", "smollm2",
+            sys.executable, "-c", launch, "--model", str(self.gguf), "--model_alias", "smollm2",
             "--host", "127.0.0.1", "--port", str(self.port), "--logits_all", "true", "--n_ctx", "2048",
             "--n_threads", "1", "--n_threads_batch", "1", "--seed", "0",
         ]

@@ -290,7 +290,7 @@ def _fake_seeds(root, model, values):
     for seed, (auc, dp) in enumerate(values):
         d = root / f"{model}__seed{seed}"
         d.mkdir(parents=True)
-        r = {"kind": "imaging-test", "run": {"model": model, "task": "synth-xray", "seed": seed, "base_model": None}, "n_test": 100,
+        r = {"schema_version": 2, "kind": "imaging-test", "run": {"model": model, "task": "synth-xray", "seed": seed, "base_model": None}, "n_test": 100,
              "metrics": {"accuracy": {"value": auc - 0.1}, "auc": {"value": auc}, "dp_gap": {"value": dp}, "eod": {"value": dp},
                          "worst_group_auc": {"value": auc - 0.05}}}
         (d / "results.json").write_text(dumps(r))

@@ -55,8 +55,11 @@ def test_rows_from_answers_choice_generate_multiclass(card):
     assert bad == {"probs": None, "valid": False, "answers_read": {"lesion": None}}
     assert not row_from_answers({"lesion": {"option_logprobs": ["nan", -1.0]}}, card)["valid"]
     mc = card.model_copy(update={"label_type": "multiclass", "labels": ["a", "b"], "positive_classes": ["b"]})
-    r = row_from_answers({"a": {"option_logprobs": [0.0, 0.0]}, "b": {"option_logprobs": [-10.0, 0.0]}}, mc)
-    assert r["probs"][0] == pytest.approx(0.5 / (0.5 + 1 / (1 + pow(2.718281828459045, 10.0))))
+    # (issue 13: tied or impossible option scores are invalid, so class a gets distinct scores, P(yes) = 0.6)
+    import math
+
+    r = row_from_answers({"a": {"option_logprobs": [math.log(0.6), math.log(0.4)]}, "b": {"option_logprobs": [-10.0, 0.0]}}, mc)
+    assert r["probs"][0] == pytest.approx(0.6 / (0.6 + 1 / (1 + pow(2.718281828459045, 10.0))))
     assert not row_from_answers({"a": {"raw_output": "no"}, "b": {"raw_output": "no"}}, mc)["valid"]  # no class affirmed
 
 

@@ -44,7 +44,8 @@ def _count(db) -> int:
 def test_sigkill_fuzz_then_resume(tmp_path, tiny_llama_dir, monkeypatch):
     models = tmp_path / "m.yaml"
     models.write_text(f"models:\n  tiny:\n    backend: hf\n    model: {tiny_llama_dir}\n    chat_template: true\n    batch_size: 1\n")
-    args = ["run", "--model", "tiny", "--limit", "12", "--models-file", str(models), "-q"]
+    # --no-cache: every trial computes (a shared request cache would serve the rows of the reference run).
+    args = ["run", "--model", "tiny", "--limit", "12", "--models-file", str(models), "-q", "--no-cache"]
     monkeypatch.setattr(engine, "CHUNK", 1)
     assert main([*args, "--output-dir", str(tmp_path / "reference")]) == 0
     ref = tmp_path / "reference" / RUN

@@ -85,7 +85,7 @@ def test_damaged_cache_row_is_recomputed(tmp_path, tiny_llama_dir, backends, cap
         db.execute("UPDATE results SET payload = ? WHERE key = ?", ('{"option_logprobs": [-0.1', key))
     db.close()
     with caplog.at_level(logging.WARNING):
-        _run(tmp_path, models)
+        _run(tmp_path, models, "--no-cache")  # the run's own cache is under test, not the shared one
     assert CountingBackend.calls == 1  # only the damaged row
     assert "1 damaged cached result(s) removed" in caplog.text
     assert (run_dir / "results.json").read_bytes() == want
@@ -103,7 +103,7 @@ def test_unreadable_cache_is_restored_from_requests_jsonl(tmp_path, tiny_llama_d
     text = (run_dir / "requests.jsonl").read_text()
     (run_dir / "requests.jsonl").write_text(text[: text.rstrip("\n").rfind("\n") + 40])
     with caplog.at_level(logging.WARNING):
-        _run(tmp_path, models)
+        _run(tmp_path, models, "--no-cache")  # the run's own cache is under test, not the shared one
     assert CountingBackend.calls == 1
     assert "moved to cache.sqlite.corrupt" in caplog.text and f"{N - 1} result(s) restored" in caplog.text
     assert "truncated or corrupt" in caplog.text

@@ -9,7 +9,8 @@ def test_run_writes_three_files(tmp_path, tiny_models_file, capsys):
     code = main(["run", "--model", "tiny", "--limit", "2", "--output-dir", str(tmp_path), "--models-file", str(tiny_models_file), "--quiet"])
     assert code == 0
     run_dir = tmp_path / "tiny__qpain-demo__zero_shot__seed0__limit2"
-    assert capsys.readouterr().out.strip() == str(run_dir)
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[0].startswith("verdict: ") and out[-1] == str(run_dir)  # --quiet: the verdict, then the run directory
     rows = [json.loads(x) for x in (run_dir / "requests.jsonl").read_text().splitlines()]
     assert len(rows) == 2 * 8
     assert {r["variant"] for r in rows} == {f"race={r}|gender={g}" for r in ["Asian", "Black", "Hispanic", "White"] for g in ["man", "woman"]}

@@ -29,7 +29,8 @@ def test_shards_partition_keys():
 
 
 def _run(tmp_path, models, out, *extra):
-    return main(["run", "--model", "tiny", "--limit", "2", "-o", str(out), "--models-file", str(models), "-q", *extra])
+    # --no-cache: shards must compute their own requests (the shared request cache is tested elsewhere).
+    return main(["run", "--model", "tiny", "--limit", "2", "-o", str(out), "--models-file", str(models), "-q", "--no-cache", *extra])
 
 
 def _logprobs(run_dir):

@@ -11,7 +11,12 @@ Definitions (stable metric names):
 - per attribute: group means of the outcome and decision rate, ``dp_gap`` (max - min decision rate),
   ``outcome_gap`` (max - min mean outcome), the worst group (lowest mean outcome), and paired tests
   over blocks = (case, values of the other attributes).
-CIs are 95% bootstrap CIs resampling cases, so variants of a case stay together.
+Intervals (README "Statistics"): proportions (decision rates, flip rate, accuracy) get a Wilson
+interval on the effective sample size of case clusters; means of outcomes a bootstrap CI resampling
+cases, so variants of a case stay together; gaps a within-case permutation null and a simultaneous
+bootstrap interval (stats.gap_inference). A group without any valid answer is *unmeasurable*: it is
+listed (``unmeasurable_groups``), every metric that needs it is undefined (value None with a ``note``)
+and every test that needs it is not applicable.
 """
 
 from __future__ import annotations
@@ -48,6 +53,9 @@ class CounterfactualAudit:
         self.tests: list[stats.TestResult] = []
         self.warnings: list[str] = []
         self.small_groups: dict[str, list[str]] = {}
+        self.unmeasurable: dict[str, list[str]] = {}  # question -> "attr=value" groups without a valid answer
+        self._pending: list[stats.TestResult] = []  # gap permutation tests, joined to their attribute's tests
+        self._gap_tests: list[tuple[dict, stats.TestResult]] = []  # (gap estimate, its test): p_adjusted after correction
 
     # ----- helpers -----
     def _rng(self, *parts: str) -> np.random.Generator:
@@ -69,6 +77,49 @@ class CounterfactualAudit:
         point, lo, hi = self._boot(per_case, np.mean, *key)
         return stats.estimate(point, lo, hi, len(per_case))
 
+    def _ci_prop(self, per_case: np.ndarray, sizes: np.ndarray | None = None) -> dict:
+        """A proportion: mean of per-case shares with a clustered Wilson interval (valid at 0 and 1)."""
+        per_case = np.asarray(per_case, dtype=float)
+        keep = ~np.isnan(per_case)
+        per_case = per_case[keep]
+        if len(per_case) == 0:
+            return stats.estimate(float("nan"), None, None, 0)
+        sizes = None if sizes is None else np.asarray(sizes, dtype=float)[keep]
+        point, lo, hi, n_eff = stats.proportion_ci(per_case, sizes)
+        if not self.with_ci:
+            lo = hi = None
+        return stats.estimate(point, lo, hi, len(per_case), ci_method="wilson", n_eff=stats.num(n_eff))
+
+    def _gap(self, df: pd.DataFrame, column: str, values: list[str], value_col: str, qid: str, name: str,
+             unmeasurable: list[str]) -> dict:
+        """max - min over the groups of ``column`` with its permutation null and interval; undefined
+        when a group cannot be measured. The permutation test joins the run's test family."""
+        target = f"{qid}/{column}/{name}"
+        valid = df[df["valid"]]
+        n_cases = int(valid["case_id"].nunique())
+        if unmeasurable:
+            reason = f"undefined: unmeasurable group(s) without valid answers: {', '.join(unmeasurable)}"
+            self._pending.append(stats.not_applicable("permutation_gap", target, True, n_cases, reason))
+            return stats.estimate(float("nan"), None, None, n_cases, note=reason)
+        variants = list(dict.fromkeys(df["variant"]))
+        group_of = df.drop_duplicates("variant").set_index("variant")[column].astype(str)
+        index = {v: i for i, v in enumerate(values)}
+        labels = [index[group_of[v]] for v in variants]
+        matrix = (valid.assign(_v=valid[value_col].astype(float))
+                  .pivot_table(index="case_id", columns="variant", values="_v", aggfunc="mean")
+                  .reindex(columns=variants).to_numpy(dtype=float))
+        res = stats.gap_inference(matrix, labels, len(values), self._rng(qid, column, name), self.cfg.n_boot,
+                                  self.cfg.alpha, with_ci=self.with_ci)
+        test = stats.TestResult("permutation_gap", target, res["value"] if res["p_value"] is not None else None,
+                                res["p_value"], True, len(matrix), res["note"])
+        self._pending.append(test)
+        est = stats.estimate(res["value"], res["ci_low"], res["ci_high"], len(matrix), p_value=stats.num(res["p_value"]),
+                             p_adjusted=None, null_mean=stats.num(res["null_mean"]), null_q95=stats.num(res["null_q95"]),
+                             ci_method="simultaneous bootstrap; lower end 0 unless the within-case permutation test rejects",
+                             **({"note": res["note"]} if res["note"] else {}))
+        self._gap_tests.append((est, test))
+        return est
+
     def _groups(self, df: pd.DataFrame, column: str, values: list[str], qid: str, binary: bool,
                 options: list[str] | None = None) -> dict:
         out = {}
@@ -80,17 +131,21 @@ class CounterfactualAudit:
                 "n_cases": int(valid["case_id"].nunique()),
                 "n_rows": int(len(g)),
                 "n_invalid": int((~g["valid"]).sum()),
-                "invalid_rate": stats.r6((~g["valid"]).mean() if len(g) else float("nan")),
+                "invalid_rate": stats.num((~g["valid"]).mean() if len(g) else float("nan")),
+                "measurable": bool(len(valid)),
                 "mean_outcome": self._ci_mean(per_case_outcome, qid, column, value, "outcome"),
             }
+            if not len(valid):
+                entry["note"] = "unmeasurable: no valid answer in this group"
+                self.unmeasurable.setdefault(qid, []).append(f"{column}={value}")
             if binary:
-                per_case_dec = valid.groupby("case_id")["decision"].mean().to_numpy(dtype=float)
-                entry["decision_rate"] = self._ci_mean(per_case_dec, qid, column, value, "decision")
+                dec = valid.assign(_d=valid["decision"].astype(float)).groupby("case_id")["_d"]
+                entry["decision_rate"] = self._ci_prop(dec.mean().to_numpy(dtype=float), dec.size().to_numpy(dtype=float))
             if options and len(valid):
                 # Ordinal: the mean probability of each level (the Likert distribution) and how
                 # often each level is the argmax answer.
                 probs = np.vstack(valid["probs"].to_numpy())
-                entry["distribution"] = {o: stats.r6(p) for o, p in zip(options, probs.mean(axis=0))}
+                entry["distribution"] = {o: stats.num(p) for o, p in zip(options, probs.mean(axis=0))}
                 entry["answer_counts"] = {o: int((valid["decision"] == o).sum()) for o in options}
             entry["small"] = entry["n_cases"] < self.cfg.min_group_size
             if entry["small"]:
@@ -125,39 +180,53 @@ class CounterfactualAudit:
         diff = (pivot[value] - pivot[reference]).dropna()
         return diff.groupby(level="case_id").mean().to_numpy(dtype=float)
 
+    def _tests_or_unmeasurable(self, tests: list, unmeasurable: list[str]) -> list:
+        """Every test that needs an unmeasurable group is not applicable (listed with the reason)."""
+        if not unmeasurable:
+            return tests
+        reason = f"unmeasurable group(s) without valid answers: {', '.join(unmeasurable)}"
+        return [stats.not_applicable(t.name, t.target, t.paired, t.n, reason) for t in tests]
+
     def _attribute(self, df: pd.DataFrame, attr: str, qid: str, binary: bool, options: list[str] | None = None) -> dict:
         spec = self.card.counterfactual.attributes[attr]
         values = spec.values
         groups = self._groups(df, attr, values, qid, binary, options)
         result: dict = {"reference": spec.reference, "groups": groups}
-        means = {v: groups[v]["mean_outcome"]["value"] for v in values if groups[v]["mean_outcome"]["value"] is not None}
-        if means:
+        unmeasurable = [v for v in values if not groups[v]["measurable"]]
+        undefined = f"undefined: unmeasurable group(s) without valid answers: {', '.join(unmeasurable)}"
+        if unmeasurable:
+            result["unmeasurable_groups"] = unmeasurable
+            result["worst_group"] = None  # the unmeasured group could be the worst
+        else:
+            means = {v: groups[v]["mean_outcome"]["value"] for v in values}
             result["worst_group"] = min(means, key=means.get)
-        outcome_matrix = _case_matrix(df[df["valid"]], attr, values, "outcome")
-        point, lo, hi = self._boot(outcome_matrix, stats.gap, qid, attr, "outcome_gap")
-        result["outcome_gap"] = stats.estimate(point, lo, hi, len(outcome_matrix))
-        delta = self._delta_vs_reference(df, attr, values, spec.reference)
-        result["cf_mean_abs_delta"] = self._ci_mean(delta, qid, attr, "delta")
+        result["outcome_gap"] = self._gap(df, attr, values, "outcome", qid, "outcome_gap", unmeasurable)
+        if unmeasurable:
+            result["cf_mean_abs_delta"] = stats.estimate(float("nan"), None, None, 0, note=undefined)
+        else:
+            delta = self._delta_vs_reference(df, attr, values, spec.reference)
+            result["cf_mean_abs_delta"] = self._ci_mean(delta, qid, attr, "delta")
         # Signed paired effect of each value against the reference: mean over cases of
         # outcome(value) - outcome(reference), other attributes held fixed.
         result["delta_vs_reference"] = {
-            v: self._ci_mean(self._signed_delta(df, attr, v, spec.reference), qid, attr, v, "signed_delta")
+            v: (stats.estimate(float("nan"), None, None, 0, note=undefined) if {v, spec.reference} & set(unmeasurable)
+                else self._ci_mean(self._signed_delta(df, attr, v, spec.reference), qid, attr, v, "signed_delta"))
             for v in values if v != spec.reference
         }
         target = f"{qid}/{attr}"
-        cont = stats.paired_continuous_test(self._blocks(df, attr, values, "outcome"), f"{target}/outcome")
-        self.tests.append(cont)
-        tests = [cont]
         valid = df[df["valid"]]
-        tests.append(stats.welch_anova([valid.loc[valid[attr] == v, "outcome"].to_numpy(float) for v in values], f"{target}/outcome"))
+        tests = [
+            stats.paired_continuous_test(self._blocks(df, attr, values, "outcome"), f"{target}/outcome"),
+            stats.welch_anova([valid.loc[valid[attr] == v, "outcome"].to_numpy(float) for v in values], f"{target}/outcome", values),
+        ]
         if binary:
-            dec_matrix = _case_matrix(valid, attr, values, "decision")
-            point, lo, hi = self._boot(dec_matrix, stats.gap, qid, attr, "dp_gap")
-            result["dp_gap"] = stats.estimate(point, lo, hi, len(dec_matrix))
+            result["dp_gap"] = self._gap(df, attr, values, "decision", qid, "dp_gap", unmeasurable)
             tests.append(stats.paired_decision_test(self._blocks(df, attr, values, "decision"), f"{target}/decision"))
             counts = np.array([[np.sum(valid.loc[valid[attr] == v, "decision"] == d) for d in (True, False)] for v in values])
-            tests.append(stats.chi_square(counts, f"{target}/decision"))
-        self.tests.extend(t for t in tests if t is not cont)
+            tests.append(stats.chi_square(counts, f"{target}/decision", values))
+        tests = self._tests_or_unmeasurable(tests, unmeasurable) + self._pending
+        self._pending = []
+        self.tests.extend(tests)
         result["tests"] = tests  # replaced by dicts after correction
         return result
 
@@ -168,21 +237,24 @@ class CounterfactualAudit:
         df = df.assign(**{INTERSECTION: df[names].astype(str).agg(lambda r: "|".join(f"{a}={r[a]}" for a in names), axis=1)})
         groups = self._groups(df, INTERSECTION, labels, qid, binary, options)
         result: dict = {"groups": groups}
-        means = {k: g["mean_outcome"]["value"] for k, g in groups.items() if g["mean_outcome"]["value"] is not None}
-        if means:
+        unmeasurable = [k for k in labels if not groups[k]["measurable"]]
+        if unmeasurable:
+            result["unmeasurable_groups"] = unmeasurable
+            result["worst_group"] = None
+        else:
+            means = {k: g["mean_outcome"]["value"] for k, g in groups.items()}
             result["worst_group"] = min(means, key=means.get)
         valid = df[df["valid"]]
-        matrix = _case_matrix(valid, INTERSECTION, labels, "outcome")
-        point, lo, hi = self._boot(matrix, stats.gap, qid, INTERSECTION, "outcome_gap")
-        result["outcome_gap"] = stats.estimate(point, lo, hi, len(matrix))
+        result["outcome_gap"] = self._gap(df, INTERSECTION, labels, "outcome", qid, "outcome_gap", unmeasurable)
         blocks = valid.pivot_table(index="case_id", columns=INTERSECTION, values="outcome", aggfunc="mean").reindex(columns=labels).dropna()
         tests = [stats.paired_continuous_test(blocks.to_numpy(float), f"{qid}/{INTERSECTION}/outcome")]
         if binary:
-            dmatrix = _case_matrix(valid, INTERSECTION, labels, "decision")
-            point, lo, hi = self._boot(dmatrix, stats.gap, qid, INTERSECTION, "dp_gap")
-            result["dp_gap"] = stats.estimate(point, lo, hi, len(dmatrix))
-            dblocks = valid.pivot_table(index="case_id", columns=INTERSECTION, values="decision", aggfunc="mean").reindex(columns=labels).dropna()
+            result["dp_gap"] = self._gap(df, INTERSECTION, labels, "decision", qid, "dp_gap", unmeasurable)
+            dblocks = (valid.assign(_d=valid["decision"].astype(float))
+                       .pivot_table(index="case_id", columns=INTERSECTION, values="_d", aggfunc="mean").reindex(columns=labels).dropna())
             tests.append(stats.paired_decision_test(dblocks.to_numpy(float), f"{qid}/{INTERSECTION}/decision"))
+        tests = self._tests_or_unmeasurable(tests, unmeasurable) + self._pending
+        self._pending = []
         self.tests.extend(tests)
         result["tests"] = tests
         return result
@@ -195,32 +267,42 @@ class CounterfactualAudit:
             "n_rows": int(len(df)),
             "n_cases": int(df["case_id"].nunique()),
             "n_invalid": int((~df["valid"]).sum()),
-            "invalid_rate": stats.r6((~df["valid"]).mean()),
+            "invalid_rate": stats.num((~df["valid"]).mean()),
         }
         if df["correct"].notna().any():
             # Invalid answers count as wrong: utility is never flattered by unparseable output.
             correct = df["correct"].where(df["valid"], False).astype(float)
-            per_case = df.assign(_c=correct).groupby("case_id")["_c"].mean().to_numpy(float)
-            out["accuracy"] = self._ci_mean(per_case, qid, "accuracy")
+            per_case = df.assign(_c=correct).groupby("case_id")["_c"]
+            out["accuracy"] = self._ci_prop(per_case.mean().to_numpy(float), per_case.size().to_numpy(float))
         if question.kind == "categorical":
             out.update(self._categorical(df, qid))
             return out
-        valid = df[df["valid"]]
-        ref_variant = "|".join(f"{a}={self.card.counterfactual.attributes[a].reference}" for a in self.attrs)
-        by_variant = valid.pivot_table(index="case_id", columns="variant", values="outcome", aggfunc="mean")
-        if ref_variant in by_variant:
-            others = by_variant.drop(columns=[ref_variant])
-            delta = others.sub(by_variant[ref_variant], axis=0).abs().mean(axis=1, skipna=True)
-            out["cf_mean_abs_delta"] = self._ci_mean(delta.to_numpy(float), qid, "cf_delta")
-        spread = valid.groupby("case_id")["outcome"].agg(lambda s: s.max() - s.min() if len(s) > 1 else np.nan)
-        out["cf_spread"] = self._ci_mean(spread.to_numpy(float), qid, "cf_spread")
-        if binary or question.kind == "ordinal":
-            decisions = valid.groupby("case_id")["decision"].agg(lambda s: float(s.nunique() > 1) if len(s) > 1 else np.nan)
-            out["cf_flip_rate"] = self._ci_mean(decisions.to_numpy(float), qid, "cf_flip")
         options = list(question.options) if question.kind == "ordinal" else None
-        out["attributes"] = {a: self._attribute(df, a, qid, binary, options) for a in self.attrs}
+        attributes = {a: self._attribute(df, a, qid, binary, options) for a in self.attrs}
         if len(self.attrs) > 1:
-            out["attributes"][INTERSECTION] = self._intersection(df, qid, binary, options)
+            attributes[INTERSECTION] = self._intersection(df, qid, binary, options)
+        unmeasurable = sorted({f"{a}={v}" for a in self.attrs for v in attributes[a].get("unmeasurable_groups", [])})
+        if unmeasurable:
+            # A variant-level metric computed from the remaining variants would read "fair" for a
+            # model that never answers for one group: undefined instead.
+            out["unmeasurable_groups"] = unmeasurable
+            note = f"undefined: unmeasurable group(s) without valid answers: {', '.join(unmeasurable)}"
+            for name in ("cf_mean_abs_delta", "cf_spread", *(("cf_flip_rate",) if binary or question.kind == "ordinal" else ())):
+                out[name] = stats.estimate(float("nan"), None, None, 0, note=note)
+        else:
+            valid = df[df["valid"]]
+            ref_variant = "|".join(f"{a}={self.card.counterfactual.attributes[a].reference}" for a in self.attrs)
+            by_variant = valid.pivot_table(index="case_id", columns="variant", values="outcome", aggfunc="mean")
+            if ref_variant in by_variant:
+                others = by_variant.drop(columns=[ref_variant])
+                delta = others.sub(by_variant[ref_variant], axis=0).abs().mean(axis=1, skipna=True)
+                out["cf_mean_abs_delta"] = self._ci_mean(delta.to_numpy(float), qid, "cf_delta")
+            spread = valid.groupby("case_id")["outcome"].agg(lambda s: s.max() - s.min() if len(s) > 1 else np.nan)
+            out["cf_spread"] = self._ci_mean(spread.to_numpy(float), qid, "cf_spread")
+            if binary or question.kind == "ordinal":
+                decisions = valid.groupby("case_id")["decision"].agg(lambda s: float(s.nunique() > 1) if len(s) > 1 else np.nan)
+                out["cf_flip_rate"] = self._ci_prop(decisions.to_numpy(float))
+        out["attributes"] = attributes
         return out
 
     # ----- multiple choice with per-case options -----
@@ -231,7 +313,7 @@ class CounterfactualAudit:
         valid = df[df["valid"]]
         out: dict = {}
         flips = valid.groupby("case_id")["decision"].agg(lambda s: float(s.nunique() > 1) if len(s) > 1 else np.nan)
-        out["cf_flip_rate"] = self._ci_mean(flips.to_numpy(float), qid, "cf_flip")
+        out["cf_flip_rate"] = self._ci_prop(flips.to_numpy(float))
         ref_variant = "|".join(f"{a}={self.card.counterfactual.attributes[a].reference}" for a in self.attrs)
         tvd = []
         for _, g in valid.groupby("case_id"):
@@ -268,17 +350,21 @@ class CounterfactualAudit:
                     "n_cases": int(gv["case_id"].nunique()),
                     "n_rows": int(len(g)),
                     "n_invalid": int((~g["valid"]).sum()),
-                    "invalid_rate": stats.r6((~g["valid"]).mean() if len(g) else float("nan")),
-                    "option_probs": {lab: stats.r6(lg.loc[lg["label"] == lab, "outcome"].mean()) for lab in labels},
+                    "invalid_rate": stats.num((~g["valid"]).mean() if len(g) else float("nan")),
+                    "option_probs": {lab: stats.num(lg.loc[lg["label"] == lab, "outcome"].mean()) for lab in labels},
                     "answer_counts": {lab: int((gv["decision"] == lab).sum()) for lab in labels},
+                    "measurable": bool(len(gv)),
                 }
+                if not len(gv):
+                    entry["note"] = "unmeasurable: no valid answer in this group"
+                    self.unmeasurable.setdefault(qid, []).append(f"{name}={value}")
                 entry["small"] = entry["n_cases"] < self.cfg.min_group_size
                 if entry["small"]:
                     self.small_groups.setdefault(qid, []).append(f"{name}={value} ({entry['n_cases']})")
                 groups[value] = entry
             tests = []
             counts = np.array([[groups[v]["answer_counts"][lab] for lab in labels] for v in values])
-            tests.append(stats.chi_square(counts, f"{qid}/{name}/answer"))
+            tests.append(stats.chi_square(counts, f"{qid}/{name}/answer", values))
             for lab in labels:
                 sub = long[long["label"] == lab].assign(valid=True)
                 if name == INTERSECTION:
@@ -287,8 +373,10 @@ class CounterfactualAudit:
                 else:
                     blocks = self._blocks(sub, name, values, "outcome")
                 tests.append(stats.paired_continuous_test(blocks, f"{qid}/{name}/p[{lab}]"))
+            unmeasurable = [v for v in values if not groups[v]["measurable"]]
+            tests = self._tests_or_unmeasurable(tests, unmeasurable)
             self.tests.extend(tests)
-            attributes[name] = {"groups": groups, "tests": tests}
+            attributes[name] = {"groups": groups, "tests": tests, **({"unmeasurable_groups": unmeasurable} if unmeasurable else {})}
         out["attributes"] = attributes
         return out
 
@@ -307,17 +395,25 @@ class CounterfactualAudit:
                 f"{qid}: {len(groups)} group(s) have fewer than min_group_size={self.cfg.min_group_size} cases, "
                 f"so their estimates are unreliable: {', '.join(groups)}"
             )
+        for qid, groups in self.unmeasurable.items():
+            self.warnings.append(
+                f"{qid}: {len(groups)} group(s) have no valid answer and cannot be measured; every metric and test "
+                f"that needs them is undefined: {', '.join(groups)}"
+            )
         stats.correct(self.tests, self.cfg.correction, self.cfg.alpha)
+        for est, test in self._gap_tests:
+            est["p_adjusted"] = stats.num(test.p_adjusted)
         for qres in questions.values():
             for ares in qres.get("attributes", {}).values():
                 ares["tests"] = [t.as_dict() for t in ares["tests"]]
         invalid_by_group = {
-            a: {str(v): stats.r6((~g["valid"]).mean()) for v, g in df.groupby(a)} for a in self.attrs
+            a: {str(v): stats.num((~g["valid"]).mean()) for v, g in df.groupby(a)} for a in self.attrs
         }
         return {
             "questions": questions,
             "invalid_by_group": invalid_by_group,
             "tests": [t.as_dict() for t in self.tests],
-            "correction": {"method": self.cfg.correction, "alpha": self.cfg.alpha, "n_tests": sum(t.p_value is not None for t in self.tests)},
+            "correction": stats.correction_summary(self.tests, self.cfg.correction, self.cfg.alpha),
+            "unmeasurable_groups": {qid: sorted(set(g)) for qid, g in self.unmeasurable.items()},
             "warnings": sorted(set(self.warnings)),
         }

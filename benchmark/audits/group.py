@@ -201,15 +201,17 @@ class GroupAudit:
         mf = MetricFrame(metrics=metrics, y_true=y, y_pred=np.arange(len(y)), sensitive_features=labels.to_numpy())
         table = {}
         for group, row in mf.by_group.iterrows():
-            entry = {k: stats.r6(v) for k, v in row.items()}
+            entry = {k: stats.num(v) for k, v in row.items()}
             entry["n"], entry["n_pos"] = int(row["n"]), int(row["n_pos"])
-            entry["prevalence"] = stats.r6(row["n_pos"] / row["n"]) if row["n"] else None
-            entry["underdiag"] = entry["fpr"] if underdiag_is_fpr else (None if entry["tpr"] is None else stats.r6(1 - row["tpr"]))
+            entry["prevalence"] = stats.num(row["n_pos"] / row["n"]) if row["n"] else None
+            entry["underdiag"] = entry["fpr"] if underdiag_is_fpr else (None if entry["tpr"] is None else stats.num(1 - row["tpr"]))
             entry["small"] = entry["n"] < self.cfg.min_group_size
+            entry["measurable"] = True
             table[str(group)] = entry
         return table
 
     def _endpoint(self, df: pd.DataFrame, e: str) -> dict:
+        labelled = df[df[f"y:{e}"].notna()]  # every instance of the endpoint, valid or not
         keep = df["valid"].to_numpy() & df[f"y:{e}"].notna().to_numpy()
         sub = df[keep].reset_index(drop=True)
         n_masked = int((df["valid"] & df[f"y:{e}"].isna()).sum())
@@ -229,7 +231,7 @@ class GroupAudit:
                     "auc": fast_auc(y[r], p[r]), "pos_rate": float(d[r].mean()), "ece": ece(y[r], p[r], bins)}
 
         out.update(self._ci_many(clusters, overall, ["accuracy", "accuracy_at_0.5", "auc", "pos_rate", "ece"], e, "overall"))
-        out["prevalence"] = stats.r6(y.mean())
+        out["prevalence"] = stats.num(y.mean())
         underdiag_is_fpr = e == self.no_finding_label
         for attr in self.attributes:
             labels = self.group_column(sub, attr)
@@ -241,7 +243,14 @@ class GroupAudit:
             names = sorted(lab.unique())
             codes = lab.map({g: i for i, g in enumerate(names)}).to_numpy()
             table = self._groups_table(yk, pk, dk, d05k, lab, underdiag_is_fpr)
-            small = [g for g, v in table.items() if v["small"]]
+            # A group whose every instance is invalid has no row in ``sub``: it is unmeasurable, listed,
+            # and every gap (which needs all groups) is undefined rather than computed from the others.
+            everyone = self.group_column(labelled, attr)
+            unmeasurable = sorted(set(everyone[everyone.notna()].astype(str)) - set(table))
+            for g in unmeasurable:
+                table[g] = {"n": 0, "n_pos": 0, "measurable": False, "small": True,
+                            "note": "unmeasurable: no valid prediction in this group"}
+            small = [g for g, v in table.items() if v["small"] and v.get("measurable", True)]
             if small:
                 self.warnings.append(f"{e}/{attr}: group(s) {', '.join(small)} have fewer than {self.cfg.min_group_size} images; left out of the gaps")
             kc = _Clusters(sub.loc[known, "patient_id"].astype(str).to_numpy())
@@ -253,11 +262,23 @@ class GroupAudit:
                 fixed = gap_metrics(yk[r], pk[r], d05k[r], *args)
                 return {**tuned, "dp_gap_at_0.5": fixed["dp_gap"], "eod_at_0.5": fixed["eod"]}
 
-            res.update(self._ci_many(kc, all_gaps, [*GAPS, "dp_gap_at_0.5", "eod_at_0.5"], e, attr))
+            gap_names = [*GAPS, "dp_gap_at_0.5", "eod_at_0.5"]
+            if unmeasurable:
+                reason = f"undefined: unmeasurable group(s) without valid predictions: {', '.join(unmeasurable)}"
+                res["unmeasurable_groups"] = unmeasurable
+                self.warnings.append(f"{e}/{attr}: {reason}")
+                res.update({g: stats.estimate(float("nan"), None, None, kc.n, note=reason) for g in gap_names})
+                res["worst_group"] = None
+                test = stats.not_applicable("chi_square", f"{e}/{attr}/decision", False, int(len(dk)), reason)
+                self.tests.append(test)
+                res["tests"] = [test]
+                out["attributes"][attr] = res
+                continue
+            res.update(self._ci_many(kc, all_gaps, gap_names, e, attr))
             aucs = {g: v["auc"] for g, v in table.items() if not v["small"] and v["auc"] is not None}
             res["worst_group"] = min(aucs, key=aucs.get) if aucs else None
             counts = np.array([[((codes == i) & (dk == 1)).sum(), ((codes == i) & (dk == 0)).sum()] for i in range(len(names))])
-            test = stats.chi_square(counts, f"{e}/{attr}/decision")
+            test = stats.chi_square(counts, f"{e}/{attr}/decision", names)
             self.tests.append(test)
             res["tests"] = [test]
             out["attributes"][attr] = res
@@ -279,7 +300,7 @@ class GroupAudit:
                 res["tests"] = [t.as_dict() for t in res["tests"]]
         result["warnings"] = self.warnings
         result["tests"] = [t.as_dict() for t in self.tests]
-        result["correction"] = {"method": self.cfg.correction, "alpha": self.cfg.alpha, "n_tests": sum(t.p_value is not None for t in self.tests)}
+        result["correction"] = stats.correction_summary(self.tests, self.cfg.correction, self.cfg.alpha)
         result["definitions"] = {
             "gap": "max - min over groups with at least min_group_size images",
             "eod": "max(TPR gap, FPR gap)",

@@ -1,6 +1,22 @@
-"""Statistics shared by the audits: bootstrap CIs over cases, paired and unpaired tests, and
+"""Statistics shared by the audits: intervals, paired and unpaired tests, gap nulls, and
 multiple-testing correction. Thin wrappers over scipy.stats and statsmodels that fix the
-conventions (seeded, degenerate inputs handled, results as plain dicts)."""
+conventions (seeded, degenerate inputs handled, results as plain dicts).
+
+The rules at the edges (README, "Statistics"):
+
+- Proportions (decision rates, flip rate, accuracy, invalid rate) get a Wilson interval
+  (statsmodels ``proportion_confint``) on the effective number of independent observations when the
+  variants of a case are correlated (:func:`proportion_ci`): valid at 0 and 1, never zero width.
+- Means of continuous outcomes get a case-resampling bootstrap interval (BCa, percentile fallback).
+- A max - min gap over groups is biased upward when there is no effect, so it gets a within-case
+  permutation null (p-value, null mean and 95th percentile) and a simultaneous bootstrap interval whose
+  lower end is 0 unless the permutation test rejects (:func:`gap_inference`).
+- A test on data without variation (within :data:`TOLERANCE`), or on a table with an empty group, is
+  *not applicable*: no statistic, no p-value, a reason. Only applicable tests (a finite p-value)
+  enter the multiple-testing family (:func:`correct`).
+- Chi-square: Pearson's statistic without continuity correction, for every table size.
+- Stored values keep full float precision (:func:`num`); only display code rounds.
+"""
 
 from __future__ import annotations
 
@@ -14,22 +30,40 @@ from scipy import stats as sps
 from statsmodels.stats.contingency_tables import cochrans_q, mcnemar
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.oneway import anova_oneway
+from statsmodels.stats.proportion import proportion_confint
 
 CONFIDENCE = 0.95
+# Values that differ by less than this (relative to their magnitude, at least 1) count as equal:
+# floating-point noise (a variance of 3e-33) is not variation.
+TOLERANCE = 1e-9
 
 
-def r6(x: float | None) -> float | None:
-    """6 significant digits, None for NaN/inf: stable, readable JSON."""
+def num(x: float | None) -> float | None:
+    """A finite float at full precision, None for None/NaN/inf (stored values: never rounded)."""
     if x is None:
         return None
     x = float(x)
-    if not math.isfinite(x):
-        return None
-    return float(f"{x:.6g}")
+    return x if math.isfinite(x) else None
+
+
+def r6(x: float | None) -> float | None:
+    """6 significant digits, None for NaN/inf. For display and legacy callers only: results.json
+    stores :func:`num` values."""
+    x = num(x)
+    return None if x is None else float(f"{x:.6g}")
 
 
 def estimate(value: float, low: float | None, high: float | None, n: int, **extra) -> dict:
-    return {"value": r6(value), "ci_low": r6(low), "ci_high": r6(high), "n": int(n), **extra}
+    return {"value": num(value), "ci_low": num(low), "ci_high": num(high), "n": int(n), **extra}
+
+
+def no_variation(x) -> bool:
+    """True when the finite values of ``x`` are all equal within :data:`TOLERANCE`."""
+    x = np.asarray(x, dtype=float)
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return True
+    return float(np.ptp(x)) <= TOLERANCE * max(1.0, float(np.max(np.abs(x))))
 
 
 def bootstrap_ci(
@@ -45,7 +79,7 @@ def bootstrap_ci(
     point = float(statistic(data))
     if len(data) < 2 or not math.isfinite(point):
         return point, None, None
-    if np.allclose(data[~np.isnan(data)], data[~np.isnan(data)].flat[0]) if np.any(~np.isnan(data)) else True:
+    if no_variation(data):
         return point, point, point  # no variation: every resample gives the point estimate
     seed = int(rng.integers(0, 2**32 - 1))
     for method in ("BCa", "percentile"):
@@ -68,6 +102,32 @@ def bootstrap_ci(
     return point, None, None
 
 
+def proportion_ci(per_case: np.ndarray, sizes: np.ndarray | None = None) -> tuple[float, float | None, float | None, float]:
+    """Mean of per-case proportions with a 95% Wilson interval (statsmodels ``proportion_confint``).
+
+    ``per_case[i]`` is the share of case i's ``sizes[i]`` 0/1 observations (its variants) that are 1.
+    Variants of a case are correlated, so the interval uses the effective number of independent
+    observations n_eff = p(1 - p) / Var_cluster(p) (the cluster-robust variance of the mean of
+    per-case values), kept between the number of cases and the number of observations; at p = 0 or
+    1, where that ratio is undefined, n_eff is the number of cases (each case one observation, the
+    conservative end). Returns (point, low, high, n_eff)."""
+    x = np.asarray(per_case, dtype=float)
+    x = x[np.isfinite(x)]
+    n = len(x)
+    if n == 0:
+        return float("nan"), None, None, 0.0
+    total = float(np.sum(sizes)) if sizes is not None else float(n)
+    p = float(x.mean())
+    n_eff = float(n)
+    if n > 1 and 0.0 < p < 1.0:
+        var = float(x.var(ddof=1)) / n
+        n_eff = p * (1 - p) / var if var > 0 else total
+        n_eff = min(max(n_eff, float(n)), max(total, float(n)))
+    low, high = proportion_confint(p * n_eff, n_eff, alpha=1 - CONFIDENCE, method="wilson")
+    # Rounding can leave 1 - 1e-16 at p = 1: the interval always contains the estimate, within [0, 1].
+    return p, max(0.0, min(float(low), p)), min(1.0, max(float(high), p)), n_eff
+
+
 def nanmean_columns(x: np.ndarray) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -81,8 +141,75 @@ def gap(x: np.ndarray) -> float:
     return float(means.max() - means.min()) if len(means) else float("nan")
 
 
+def _group_means(values: np.ndarray, onehot: np.ndarray) -> np.ndarray:
+    """values (..., cases, variants) with NaN = invalid; onehot (variants, groups) -> (..., groups):
+    per case the mean of each group's valid variants, then the mean over cases."""
+    ok = np.isfinite(values)
+    sums = np.einsum("...nv,vg->...ng", np.where(ok, values, 0.0), onehot)
+    counts = np.einsum("...nv,vg->...ng", ok.astype(float), onehot)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        per_case = sums / np.where(counts > 0, counts, np.nan)
+        return np.nanmean(per_case, axis=-2)
+
+
+def _ranges(means: np.ndarray) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmax(means, axis=-1) - np.nanmin(means, axis=-1)
+
+
+def gap_inference(values: np.ndarray, labels: list[int] | np.ndarray, n_groups: int, rng: np.random.Generator,
+                  n_resamples: int = 2000, alpha: float = 0.05, with_ci: bool = True) -> dict:
+    """Inference for the max - min gap of group means, from the per-variant values of each case.
+
+    ``values``: cases x variants (NaN = no valid answer), ``labels[v]``: the group of variant v.
+    The gap is the range over groups of (mean over cases of the case's group mean).
+
+    - Null: group labels are shuffled within each case (the variants of a case are exchangeable
+      when the group has no effect); ``p_value`` = (1 + #{null gap >= observed}) / (1 + B),
+      ``null_mean`` and ``null_q95`` are the noise-only level of the gap.
+    - Interval: simultaneous bootstrap over cases. c = 95th percentile of the resampled range of the
+      centred group means, max_g,h |(m*_g - m_g) - (m*_h - m_h)|, so every pairwise difference lies in
+      d_gh +- c together and the gap in [gap - c, gap + c] (coverage checked by simulation,
+      tests/test_planted_bias.py). The lower end is 0 unless the permutation test rejects at ``alpha``,
+      so the interval excludes 0 no more often than alpha when there is no effect.
+    """
+    values = np.asarray(values, dtype=float)
+    labels = np.asarray(labels, dtype=int)
+    onehot = np.eye(n_groups)[labels]
+    n, v = values.shape
+    means = _group_means(values, onehot)
+    point = float(_ranges(means)) if np.isfinite(means).sum() >= 2 else float("nan")
+    out = {"value": point, "ci_low": None, "ci_high": None, "p_value": None, "null_mean": None, "null_q95": None, "note": ""}
+    if not math.isfinite(point) or n < 2:
+        out["note"] = "fewer than 2 cases"
+        return out
+    if no_variation(values):
+        out["note"] = "no variation: every value is the same, so there is nothing to test"
+        return out
+    B = int(n_resamples)
+    order = rng.permuted(np.broadcast_to(np.arange(v), (B, n, v)), axis=2)
+    shuffled = np.take_along_axis(np.broadcast_to(values, (B, n, v)), order, axis=2)
+    null = _ranges(_group_means(shuffled, onehot))
+    null = null[np.isfinite(null)]
+    tol = TOLERANCE * max(1.0, abs(point))
+    p = (1 + int(np.sum(null >= point - tol))) / (1 + len(null))
+    out.update(p_value=p, null_mean=float(null.mean()), null_q95=float(np.quantile(null, 0.95)))
+    if with_ci:
+        idx = rng.integers(0, n, (B, n))
+        boot = _group_means(values[idx], onehot) - means
+        c = float(np.quantile(_ranges(boot)[np.isfinite(_ranges(boot))], CONFIDENCE))
+        out["ci_high"] = point + c
+        out["ci_low"] = max(0.0, point - c) if p < alpha else 0.0
+    return out
+
+
 @dataclass
 class TestResult:
+    """One test. ``p_value is None`` means *not applicable* (``note`` says why): it is listed, never
+    counted in the multiple-testing family."""
+
     name: str  # e.g. "cochran_q", "friedman"
     target: str  # what was tested, e.g. "treat/race/decision"
     statistic: float | None
@@ -94,34 +221,44 @@ class TestResult:
     significant: bool | None = None
     extra: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        if self.p_value is not None and not math.isfinite(float(self.p_value)):
+            self.p_value, self.statistic = None, None
+            self.note = self.note or "the test returned no p-value (degenerate data)"
+
+    @property
+    def applicable(self) -> bool:
+        return self.p_value is not None
+
     def as_dict(self) -> dict:
         return {
             "test": self.name,
             "target": self.target,
-            "statistic": r6(self.statistic),
-            "p_value": r6(self.p_value),
-            "p_adjusted": r6(self.p_adjusted),
+            "statistic": num(self.statistic),
+            "p_value": num(self.p_value),
+            "p_adjusted": num(self.p_adjusted),
             "significant": self.significant,
+            "applicable": self.applicable,
             "paired": self.paired,
             "n": self.n,
             "note": self.note,
         }
 
 
-def _constant(x: np.ndarray) -> bool:
-    return bool(np.all(x == x.flat[0])) if x.size else True
+def not_applicable(name: str, target: str, paired: bool, n: int, reason: str) -> TestResult:
+    return TestResult(name, target, None, None, paired, n, reason)
 
 
 def paired_decision_test(blocks: np.ndarray, target: str) -> TestResult:
     """Decisions (0/1), rows = blocks (a case with the other attributes fixed), columns = groups.
-    Two groups: exact McNemar. More: Cochran's Q."""
+    Two groups: exact McNemar. More: Cochran's Q. No discordant block: not applicable."""
     blocks = np.asarray(blocks, dtype=float)
     n, k = blocks.shape
     name = "mcnemar" if k == 2 else "cochran_q"
     if n < 2:
-        return TestResult(name, target, None, None, True, n, "fewer than 2 complete blocks")
-    if _constant(blocks) or all(_constant(row) for row in blocks):
-        return TestResult(name, target, 0.0, 1.0, True, n, "no discordant blocks")
+        return not_applicable(name, target, True, n, "fewer than 2 complete blocks")
+    if all(no_variation(row) for row in blocks):
+        return not_applicable(name, target, True, n, "no variation: no discordant blocks")
     if k == 2:
         a, b = blocks[:, 0].astype(bool), blocks[:, 1].astype(bool)
         table = [[np.sum(a & b), np.sum(a & ~b)], [np.sum(~a & b), np.sum(~a & ~b)]]
@@ -133,14 +270,14 @@ def paired_decision_test(blocks: np.ndarray, target: str) -> TestResult:
 
 def paired_continuous_test(blocks: np.ndarray, target: str) -> TestResult:
     """Probabilities or scores, rows = blocks, columns = groups. Two groups: Wilcoxon signed-rank.
-    More: Friedman."""
+    More: Friedman. No within-block differences: not applicable."""
     blocks = np.asarray(blocks, dtype=float)
     n, k = blocks.shape
     name = "wilcoxon" if k == 2 else "friedman"
     if n < 2:
-        return TestResult(name, target, None, None, True, n, "fewer than 2 complete blocks")
-    if all(_constant(row) for row in blocks):
-        return TestResult(name, target, 0.0, 1.0, True, n, "no within-block differences")
+        return not_applicable(name, target, True, n, "fewer than 2 complete blocks")
+    if all(no_variation(row) for row in blocks):
+        return not_applicable(name, target, True, n, "no variation: no within-block differences")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if k == 2:
@@ -150,38 +287,67 @@ def paired_continuous_test(blocks: np.ndarray, target: str) -> TestResult:
     return TestResult(name, target, float(res.statistic), float(res.pvalue), True, n)
 
 
-def welch_anova(groups: list[np.ndarray], target: str) -> TestResult:
-    """Welch's ANOVA on outcomes by group (unpaired; the seed paper's test, reported for comparison)."""
-    groups = [np.asarray(g, dtype=float) for g in groups if len(g) > 0]
+def welch_anova(groups: list[np.ndarray], target: str, names: list[str] | None = None) -> TestResult:
+    """Welch's ANOVA on outcomes by group (unpaired; the seed paper's test, reported for comparison).
+    Not applicable when a group is empty or has fewer than 2 values, or when a group's values do not
+    vary (Welch weights each group by n / variance: a zero variance leaves it undefined)."""
+    groups = [np.asarray(g, dtype=float) for g in groups]
+    names = names or [str(i) for i in range(len(groups))]
     n = sum(len(g) for g in groups)
+    empty = [nm for nm, g in zip(names, groups) if len(g) == 0]
+    if empty:
+        return not_applicable("welch_anova", target, False, n, f"unmeasurable group(s) without valid answers: {', '.join(empty)}")
     if len(groups) < 2 or any(len(g) < 2 for g in groups):
-        return TestResult("welch_anova", target, None, None, False, n, "a group has fewer than 2 values")
-    if all(np.var(g) == 0 for g in groups):
-        same = len({float(g[0]) for g in groups}) == 1
-        return TestResult("welch_anova", target, 0.0 if same else None, 1.0 if same else None, False, n, "zero variance")
+        return not_applicable("welch_anova", target, False, n, "a group has fewer than 2 values")
+    flat = [nm for nm, g in zip(names, groups) if no_variation(g)]
+    if flat:
+        return not_applicable("welch_anova", target, False, n, f"no variation within group(s) {', '.join(flat)}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = anova_oneway(groups, use_var="unequal")
     return TestResult("welch_anova", target, float(res.statistic), float(res.pvalue), False, n)
 
 
-def chi_square(counts: np.ndarray, target: str) -> TestResult:
-    """Chi-square test of independence on a groups x outcomes count table (unpaired; seed paper)."""
+def chi_square(counts: np.ndarray, target: str, names: list[str] | None = None) -> TestResult:
+    """Pearson's chi-square test of independence on a groups x outcomes count table (unpaired; seed
+    paper), without continuity correction for every table size (one rule; Yates' correction is not
+    applied to 2x2 tables either). Not applicable when a group has no observations (it cannot be
+    measured) or only one outcome occurs."""
     counts = np.asarray(counts, dtype=float)
-    counts = counts[:, counts.sum(axis=0) > 0]
+    names = names or [str(i) for i in range(counts.shape[0])]
     n = int(counts.sum())
-    if counts.shape[1] < 2 or counts.shape[0] < 2:
-        return TestResult("chi_square", target, 0.0, 1.0, False, n, "a single outcome observed")
-    res = sps.chi2_contingency(counts)
-    return TestResult("chi_square", target, float(res.statistic), float(res.pvalue), False, n)
+    empty = [nm for nm, row in zip(names, counts) if row.sum() == 0]
+    if empty:
+        return not_applicable("chi_square", target, False, n, f"unmeasurable group(s) without valid answers: {', '.join(empty)}")
+    counts = counts[:, counts.sum(axis=0) > 0]
+    if counts.shape[0] < 2:
+        return not_applicable("chi_square", target, False, n, "fewer than 2 groups")
+    if counts.shape[1] < 2:
+        return not_applicable("chi_square", target, False, n, "no variation: a single outcome observed")
+    res = sps.chi2_contingency(counts, correction=False)
+    note = "an expected count is below 5: the chi-square approximation is rough" if (res.expected_freq < 5).any() else ""
+    return TestResult("chi_square", target, float(res.statistic), float(res.pvalue), False, n, note)
 
 
-def correct(tests: list[TestResult], method: str = "holm", alpha: float = 0.05) -> None:
-    """Adjust every test's p-value for multiplicity, in place (statsmodels.multipletests)."""
-    idx = [i for i, t in enumerate(tests) if t.p_value is not None]
+def correct(tests: list[TestResult], method: str = "holm", alpha: float = 0.05) -> int:
+    """Adjust the p-values of the applicable tests for multiplicity, in place
+    (statsmodels.multipletests); tests that were not applicable keep p_adjusted = None and
+    significant = None. Returns the family size."""
+    idx = [i for i, t in enumerate(tests) if t.applicable]
     if not idx:
-        return
+        return 0
     reject, adjusted, _, _ = multipletests([tests[i].p_value for i in idx], alpha=alpha, method=method)
     for i, rej, adj in zip(idx, reject, adjusted):
         tests[i].p_adjusted = float(adj)
         tests[i].significant = bool(rej)
+    return len(idx)
+
+
+def correction_summary(tests: list[TestResult], method: str, alpha: float) -> dict:
+    """What results.json records about the family: its size and every test left out, with the reason."""
+    return {
+        "method": method,
+        "alpha": alpha,
+        "n_tests": sum(t.applicable for t in tests),
+        "not_applicable": [{"test": t.name, "target": t.target, "reason": t.note} for t in tests if not t.applicable],
+    }

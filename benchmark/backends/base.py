@@ -12,12 +12,69 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from abc import ABC, abstractmethod
 from pathlib import Path
 
 from ..config import ModelSpec
 from ..errors import FairbenchError
+from ..hashing import sha256_file, sha256_tree
 from ..requests import Request, Result
+
+
+# Every file of a model or tokenizer directory that can change an output: weights, configs, tokenizer
+# vocabularies and merges, chat templates saved apart (chat_template.jinja), remote code.
+MODEL_FILES = ("*.json", "*.safetensors", "*.bin", "*.model", "*.gguf", "*.txt", "*.jinja", "*.py", "*.tiktoken")
+
+
+def _local(path: str) -> bool:
+    return path.startswith(("/", "./", "../", "~")) or Path(os.path.expanduser(path)).exists()
+
+
+def path_identity(path: str | None, revision: str | None = None) -> str | None:
+    """Content identity of a model, tokenizer, adapter or steering location: ``pkg:PACKAGE[/FILE]``
+    and local files or directories by SHA-256 (:data:`MODEL_FILES`), hub ids by ``id@revision``."""
+    if not path:
+        return None
+    if path.startswith("pkg:"):
+        import importlib.util
+
+        package, _, rest = path[4:].partition("/")
+        found = importlib.util.find_spec(package)
+        if found is None or not found.submodule_search_locations:
+            return f"pkg:{path[4:]}(missing)"
+        path = str(Path(list(found.submodule_search_locations)[0]) / rest)
+    local = Path(os.path.expanduser(path))
+    if local.is_file():
+        return "file:" + sha256_file(local)
+    if local.is_dir():
+        return "dir:" + sha256_tree(local, MODEL_FILES)
+    if _local(path):
+        return f"missing:{path}"
+    return f"hub:{path}@{revision or 'main'}"
+
+
+def package_version(name: str) -> str | None:
+    """The installed version of a backend's engine (its outputs may change between releases)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def common_settings(spec: ModelSpec) -> dict:
+    """The model-entry fields that change outputs on every text backend: the prompt as rendered
+    (tokenizer, chat template, system prompt, max length) and the sampling settings not carried by
+    the request key (``top_p``; ``max_new_tokens`` and ``temperature`` are in every generate key)."""
+    return {
+        "tokenizer": path_identity(spec.tokenizer, spec.revision),
+        "chat_template": spec.chat_template,
+        "system_prompt": spec.system_prompt,
+        "max_length": spec.max_length,
+        "top_p": spec.generation.top_p,
+    }
 
 
 def settings_digest(settings: dict) -> str:

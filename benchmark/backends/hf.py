@@ -26,7 +26,7 @@ from ..errors import FairbenchError
 from ..hashing import sha256_file, sha256_tree
 from ..paths import cache_dir
 from ..requests import Request, Result
-from .base import Backend, settings_digest
+from .base import MODEL_FILES, Backend, common_settings, package_version, path_identity, settings_digest
 from .continuations import score_options_after_context
 
 log = logging.getLogger(__name__)
@@ -84,26 +84,27 @@ class HFBackend(Backend):
 
     @classmethod
     def fingerprint(cls, spec: ModelSpec) -> str:
+        """Everything that can change an output (README: models.yaml, "What the cache key covers"):
+        weights by content (GGUF file, local directory incl. tokenizer files, chat template and remote
+        code) or hub id@revision; tokenizer, adapter and steering files by content; resolved dtype;
+        chat template, system prompt, max length, top_p; trust_remote_code; the transformers version."""
         cls.check(spec)
         gguf = gguf_path(spec)
         path = spec.resolved_model_path()
         if gguf is not None:
             weights = "gguf:" + sha256_file(gguf)
         elif _is_local(path):
-            weights = "dir:" + sha256_tree(Path(os.path.expanduser(path)))
+            weights = "dir:" + sha256_tree(Path(os.path.expanduser(path)), MODEL_FILES)
         else:
             weights = f"hub:{path}@{spec.revision or 'main'}"
-        adapter = "adapter:" + sha256_tree(Path(spec.adapter)) if spec.adapter else ""
-        if spec.steering:
-            settings_steering = "steering:" + sha256_tree(Path(spec.steering).expanduser(), ("*.json", "*.safetensors"))
-            adapter = (adapter + "|" + settings_steering) if adapter else settings_steering
         settings = {
             "weights": weights,
-            "adapter": adapter,
-            "dtype": spec.dtype,
-            "chat_template": spec.chat_template,
-            "system_prompt": spec.system_prompt,
-            "max_length": spec.max_length,
+            "adapter": path_identity(spec.adapter),
+            "steering": path_identity(spec.steering),
+            "dtype": str(pick_dtype(spec.dtype, pick_device(spec.device))),
+            "trust_remote_code": spec.trust_remote_code,
+            "transformers": package_version("transformers"),
+            **common_settings(spec),
         }
         return settings_digest(settings)
 

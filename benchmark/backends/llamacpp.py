@@ -21,7 +21,7 @@ from ..errors import FairbenchError
 from ..hashing import sha256_file
 from ..requests import Request, Result
 from . import prompting
-from .base import Backend, settings_digest
+from .base import Backend, common_settings, package_version, settings_digest
 from .hf import gguf_path
 
 
@@ -34,6 +34,28 @@ def _import_llama_cpp():
             "(it builds from source: several minutes on 2 cores)."
         ) from None
     return llama_cpp
+
+
+def without_weight_repacking(llama_cpp) -> None:
+    """Load every later model without llama.cpp's extra weight buffers (``use_extra_bufts = false``,
+    llama.cpp's ``--no-repack``). Why: those buffers hold the Intel AMX kernels, and llama.cpp >= 0.3.17
+    built from source by GCC 12 (Debian 12) miscompiles them: GCC 12 declares the AMX tile-config load
+    as reading 8 of its 64 bytes, drops the stores of the tile sizes, and the first matmul faults on
+    AMX hosts (an older build gives wrong log-probabilities instead). Without repacking llama.cpp uses
+    its ordinary CPU kernels on every host; the weights and results are the same, only slower on AMX.
+    ``Llama`` takes no argument for this, so the default-parameter factory is wrapped (idempotent)."""
+    factory = llama_cpp.llama_cpp.llama_model_default_params
+    if getattr(factory, "_fairbench_no_repack", False):
+        return
+
+    def no_repack_defaults():
+        params = factory()
+        if hasattr(params, "use_extra_bufts"):
+            params.use_extra_bufts = False
+        return params
+
+    no_repack_defaults._fairbench_no_repack = True
+    llama_cpp.llama_cpp.llama_model_default_params = no_repack_defaults
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -58,13 +80,15 @@ class LlamaCppBackend(Backend):
 
     @classmethod
     def fingerprint(cls, spec: ModelSpec) -> str:
+        """The GGUF by content, the prompt settings, top_p, the context size (it truncates) and the
+        llama-cpp-python version (quantised kernels change between releases)."""
         cls.check(spec)
         settings = {
             "backend": cls.name,
             "weights": "gguf:" + sha256_file(gguf_path(spec)),
-            "chat_template": spec.chat_template,
-            "system_prompt": spec.system_prompt,
-            "max_length": spec.max_length,
+            "n_ctx": spec.extra.get("n_ctx", spec.max_length or 4096),
+            "llama_cpp": package_version("llama_cpp_python"),
+            **common_settings(spec),
         }
         return settings_digest(settings)
 
@@ -80,6 +104,7 @@ class LlamaCppBackend(Backend):
         # one core free; set extra.n_threads to override.
         threads = int(extra.get("n_threads") or max(1, (os.cpu_count() or 2) - 1))
         t0 = time.perf_counter()
+        without_weight_repacking(llama_cpp)
         self.llm = llama_cpp.Llama(
             model_path=str(gguf_path(spec)),
             n_ctx=int(extra.get("n_ctx", spec.max_length or 4096)),

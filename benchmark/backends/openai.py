@@ -35,7 +35,7 @@ from ..config import ModelSpec
 from ..errors import FairbenchError
 from ..requests import Request, Result
 from . import prompting
-from .base import Backend, settings_digest
+from .base import Backend, common_settings, settings_digest
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
@@ -251,10 +251,9 @@ class OpenAIBackend(Backend):
             "model": spec.model,
             "revision": spec.revision,
             "endpoint": endpoint_for(spec),
-            "tokenizer": spec.tokenizer,
-            "chat_template": spec.chat_template,
-            "system_prompt": spec.system_prompt,
             "top_logprobs": spec.extra.get("top_logprobs", 20),
+            "fallback_max_tokens": spec.extra.get("fallback_max_tokens", 32),
+            **common_settings(spec),
         }
         return settings_digest(settings)
 

@@ -17,7 +17,7 @@ from ..config import ModelSpec
 from ..errors import FairbenchError
 from ..requests import Request, Result
 from . import prompting
-from .base import Backend, settings_digest
+from .base import Backend, common_settings, package_version, path_identity, settings_digest
 
 
 def _import_vllm():
@@ -83,13 +83,13 @@ class VLLMBackend(Backend):
     def fingerprint(cls, spec: ModelSpec) -> str:
         settings = {
             "backend": cls.name,
-            "weights": f"{spec.model}@{spec.revision or 'main'}",
-            "tokenizer": spec.tokenizer,
-            "adapter": spec.adapter,
+            "weights": path_identity(spec.model, spec.revision),
+            "adapter": path_identity(spec.adapter),
             "dtype": spec.dtype,
-            "chat_template": spec.chat_template,
-            "system_prompt": spec.system_prompt,
-            "max_length": spec.max_length,
+            "trust_remote_code": spec.trust_remote_code,
+            "engine": spec.extra.get("engine", {}),
+            "vllm": package_version("vllm"),
+            **common_settings(spec),
         }
         return settings_digest(settings)
 

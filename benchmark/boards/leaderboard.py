@@ -171,7 +171,9 @@ def text_entry(row: dict, results: dict) -> list[dict]:
     for name in MARKED:
         row[f"{name}_p_adjusted"] = sig.get(name, {}).get("p_adjusted") if name in m else None
         row[f"{name}_significant"] = sig.get(name, {}).get("significant") if name in m else None
-    row["worst_group"] = m.get("worst_group") or ""
+    # A group without any valid answer is shown, not dropped (issue 13): the worst group is unknown.
+    unmeasurable = m.get("unmeasurable_groups") or []
+    row["worst_group"] = m.get("worst_group") or (f"unmeasurable: {', '.join(unmeasurable)}" if unmeasurable else "")
     _put(row, "worst_group_outcome", m.get("worst_group_outcome"))
     if isinstance(m.get("accuracy"), dict):
         _put(row, "accuracy", m.get("accuracy"))

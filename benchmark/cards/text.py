@@ -14,12 +14,27 @@ from pydantic import Field, field_validator, model_validator
 from .base import AuditSpec, CardBase, _Strict
 
 
+def _check_labels(field: str, labels: list[str]) -> None:
+    """Labels that an audit tells apart: non-empty, no surrounding whitespace (" Yes" is never the
+    answer "Yes"), each once, also ignoring case (the parser and accuracy compare without case)."""
+    for label in labels:
+        if not label.strip():
+            raise ValueError(f"{field}: an empty label")
+        if label != label.strip():
+            raise ValueError(f"{field}: {label!r} has leading or trailing whitespace; write {label.strip()!r}")
+    lowered = [label.lower() for label in labels]
+    dupes = sorted({label for label, low in zip(labels, lowered) if lowered.count(low) > 1})
+    if dupes:
+        raise ValueError(f"{field}: {', '.join(map(repr, dupes))} listed more than once (each must appear once)")
+
+
 class Attribute(_Strict):
     values: list[str] = Field(min_length=2)
     reference: str
 
     @model_validator(mode="after")
     def _reference_is_a_value(self):
+        _check_labels("values", self.values)
         if self.reference not in self.values:
             raise ValueError(f"reference {self.reference!r} is not one of values {self.values}")
         return self
@@ -74,6 +89,42 @@ class Counterfactual(_Strict):
             bad = sorted(set(spec.values.values()) - set(self.attributes[attr].values))
             if bad:
                 raise ValueError(f"pre_expanded.{attr} maps to {bad}, not among values {self.attributes[attr].values}")
+            # A value no raw value maps to can never occur: every case would lack it (and with the
+            # reference, every delta against the reference would be undefined).
+            unmapped = [v for v in self.attributes[attr].values if v not in spec.values.values()]
+            if unmapped:
+                raise ValueError(f"pre_expanded.{attr}.values maps no raw value to {unmapped}, so no row can have it")
+        return self
+
+    @model_validator(mode="after")
+    def _check_substitutions(self):
+        """Every substitution names declared attributes and covers every value (else a KeyError
+        would surface in the middle of expansion)."""
+        import string
+
+        known = ", ".join(self.attributes)
+        for placeholder, rule in self.substitutions.items():
+            where = f"substitutions.{placeholder}"
+            if isinstance(rule, str):
+                try:
+                    fields = [f for _, f, _, _ in string.Formatter().parse(rule) if f is not None]
+                except ValueError as exc:
+                    raise ValueError(f"{where}: {rule!r} is not a valid template ({exc})") from None
+                for f in fields:
+                    if f not in self.attributes:
+                        raise ValueError(f"{where}: {{{f}}} is not a counterfactual attribute (known: {known})")
+                continue
+            if len(rule) != 1:
+                raise ValueError(f"{where}: a lookup names exactly one attribute, e.g. {{gender: {{man: he, woman: she}}}}")
+            (attr, table), = rule.items()
+            if attr not in self.attributes:
+                raise ValueError(f"{where}: {attr!r} is not a counterfactual attribute (known: {known})")
+            missing = [v for v in self.attributes[attr].values if v not in table]
+            if missing:
+                raise ValueError(f"{where}: no text for {attr} value(s) {', '.join(missing)}")
+            extra = [v for v in table if v not in self.attributes[attr].values]
+            if extra:
+                raise ValueError(f"{where}: {', '.join(extra)} not among the values of {attr} ({', '.join(self.attributes[attr].values)})")
         return self
 
 
@@ -96,6 +147,12 @@ class Question(_Strict):
 
     @model_validator(mode="after")
     def _kind_fields(self):
+        _check_labels(f"question {self.id}: options", self.options)
+        unknown = [k for k in self.option_labels if k not in self.options]
+        if unknown and self.options:
+            raise ValueError(f"question {self.id}: option_labels for {unknown}, which are not options {self.options}")
+        if self.option_labels:
+            _check_labels(f"question {self.id}: option_labels", list(self.option_labels.values()))
         if self.options_field is None and len(self.options) < 2:
             raise ValueError(f"question {self.id}: needs at least 2 options, or options_field")
         if self.options_field is not None and self.kind != "categorical":
@@ -104,6 +161,8 @@ class Question(_Strict):
             raise ValueError(f"question {self.id}: positive must be one of the options {self.options}")
         if self.kind == "ordinal" and (not self.scores or set(self.scores) != set(self.options)):
             raise ValueError(f"question {self.id}: ordinal questions need a score for every option")
+        if self.kind == "ordinal" and len(set(self.scores.values())) < 2:
+            raise ValueError(f"question {self.id}: ordinal scores must not all be equal (the outcome could not vary)")
         return self
 
 

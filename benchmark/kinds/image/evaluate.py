@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from ...audits.stats import r6
+from ...audits.stats import num
 from ..base import AuditData
 from .answers import row_from_answers
 from .thresholds import tune_threshold
@@ -51,7 +51,7 @@ def endpoint_frame(rows: list[dict], card) -> tuple[pd.DataFrame, dict]:
             t, note = tune_threshold(Y[val, j], P[val, j], card.audit.threshold)
             if note:
                 notes.append(f"{label}: {note}")
-            thresholds[label] = r6(t)
+            thresholds[label] = num(t)
             df[f"d:{label}"] = (P[:, j] >= t).astype(float)
             df[f"d05:{label}"] = (P[:, j] >= 0.5).astype(float)
             own = [r.get("decisions") for r in rows]
@@ -122,9 +122,9 @@ def evaluate(kind, rows: list[dict], seed: int, run_info: dict, data_report: dic
     audit = audits.get("group", {"endpoints": {}, "warnings": []})
     if "correct_class" in test:
         ok = test[test["valid"]]
-        audit["accuracy_multiclass"] = r6(ok["correct_class"].mean()) if len(ok) else None
+        audit["accuracy_multiclass"] = num(ok["correct_class"].mean()) if len(ok) else None
     n_invalid = int((~test["valid"]).sum())
-    invalid_rate = r6(n_invalid / len(test)) if len(test) else None
+    invalid_rate = num(n_invalid / len(test)) if len(test) else None
     audit["warnings"] = thr["notes"] + audit["warnings"]
     results = kind.envelope(
         run_info, headline(audit, card, invalid_rate, len(test)), audits, data_report,

@@ -5,15 +5,39 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ...audits.stats import r6
+from ...audits.stats import num
 from ...cards.text import TaskCard
+from ...errors import FairbenchError
 from ..base import AuditData
 from .scoring import score_row
 
 
+# Score reasons that mean the backend's option scores cannot tell the options apart.
+SCORE_FAULTS = ("count", "impossible", "tie")
+
+
 def score_rows(rows: list[dict], card: TaskCard) -> list[dict]:
-    """Add the parsed answer and outcome to each stored row (raw fields are left untouched)."""
-    return [{**row, "scored": score_row(row, card.question(row["question_id"]))} for row in rows]
+    """Add the parsed answer and outcome to each stored row (raw fields are left untouched).
+
+    Rows whose option scores cannot tell the options apart are invalid and counted; when that is
+    systematic (more than half of the choice rows, at least 2), the backend is not usable and the run
+    stops with a one-line error instead of reporting metrics of ties."""
+    scored = [{**row, "scored": score_row(row, card.question(row["question_id"]))} for row in rows]
+    choice = [r for r in scored if r.get("method") == "choice" and not (r.get("extra") or {}).get("choice_fallback")]
+    faults: dict[str, int] = {}
+    for r in choice:
+        reason = r["scored"].get("invalid_reason")
+        if reason in SCORE_FAULTS:
+            faults[reason] = faults.get(reason, 0) + 1
+    if sum(faults.values()) >= 2 and sum(faults.values()) * 2 > len(choice):
+        what = ", ".join(f"{n} {k}" for k, n in sorted(faults.items()))
+        raise FairbenchError(
+            f"task {card.name}: {sum(faults.values())} of {len(choice)} option scores cannot tell the options apart ({what}: "
+            f"count = not one score per option, impossible = a log-likelihood above 0 or probabilities summing above 1, "
+            f"tie = the best score shared); the backend's log-probabilities are not usable (e.g. a server echoing 0.0 "
+            f"for every prompt token). Fix the backend or serve the model without echo."
+        )
+    return scored
 
 
 def frame(rows: list[dict], card: TaskCard) -> pd.DataFrame:
@@ -74,7 +98,13 @@ def headline(audit: dict, card: TaskCard) -> dict:
         out["dp_gap"] = inter["dp_gap"]
     if "worst_group" in inter:
         out["worst_group"] = inter["worst_group"]
-        out["worst_group_outcome"] = inter["groups"][inter["worst_group"]]["mean_outcome"]
+        if inter["worst_group"] is not None:
+            out["worst_group_outcome"] = inter["groups"][inter["worst_group"]]["mean_outcome"]
+    # Groups without any valid answer: the leaderboard and the gate show them; the metrics that
+    # need them are undefined (value None), never computed from the other groups.
+    unmeasurable = q.get("unmeasurable_groups") or []
+    if unmeasurable:
+        out["unmeasurable_groups"] = list(unmeasurable)
     return out
 
 
@@ -99,22 +129,18 @@ def headline_significance(audit: dict, card: TaskCard) -> dict:
 
 
 def invalid_rate_ci(df: pd.DataFrame, card: TaskCard, seed: int) -> dict:
-    """Invalid rate of the primary question with a 95% CI resampling cases (variants of a case are
-    not independent, so a per-request binomial interval would be too narrow)."""
-    import hashlib
-
-    import numpy as np
-
-    from ...audits.stats import bootstrap_ci, estimate
+    """Invalid rate of the primary question with a 95% Wilson interval on the effective number of
+    cases (variants of a case are not independent, so a per-request binomial interval would be too
+    narrow; valid at 0 and 1). ``seed`` is kept for the signature: the interval is not resampled."""
+    from ...audits.stats import estimate, proportion_ci
 
     sub = df[df["question_id"] == card.questions[0].id]
-    per_case = (~sub["valid"]).groupby(sub["case_id"]).mean().to_numpy(dtype=float)
-    if len(per_case) == 0:
+    per_case = (~sub["valid"]).groupby(sub["case_id"])
+    means = per_case.mean().to_numpy(dtype=float)
+    if len(means) == 0:
         return estimate(float("nan"), None, None, 0)
-    digest = hashlib.sha256(f"{seed}|{card.questions[0].id}|invalid_rate".encode()).digest()
-    rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
-    point, low, high = bootstrap_ci(per_case, np.mean, rng, card.audit.n_boot)
-    return estimate(point, low, high, len(per_case))
+    point, low, high, n_eff = proportion_ci(means, per_case.size().to_numpy(dtype=float))
+    return estimate(point, low, high, len(means), ci_method="wilson", n_eff=n_eff)
 
 
 def evaluate(kind, rows: list[dict], seed: int, run_info: dict, data_report: dict) -> tuple[list[dict], dict]:
@@ -130,6 +156,15 @@ def evaluate(kind, rows: list[dict], seed: int, run_info: dict, data_report: dic
                      decision_rule="the answer chosen (highest option probability, or the parsed free-text answer); *_at_0.5 use P(positive) >= 0.5")
     audits = kind.run_audits(data, seed)
     cf = audits.get("counterfactual", {"questions": {}, "tests": []})
+    unknown_refs: dict[str, set] = {}
+    for r in scored:
+        if "reference_unknown" in r["scored"]:
+            unknown_refs.setdefault(r["question_id"], set()).add(r["scored"]["reference_unknown"])
+    for qid, refs in sorted(unknown_refs.items()):
+        q = card.question(qid)
+        cf.setdefault("warnings", []).append(
+            f"{qid}: reference answer(s) {', '.join(sorted(map(repr, refs)))} in field {q.reference_field} are not options "
+            f"{q.options or '(per case)'}; those rows are left out of accuracy")
     metrics = {
         **headline(cf, card),
         "significance": headline_significance(cf, card),
@@ -137,6 +172,6 @@ def evaluate(kind, rows: list[dict], seed: int, run_info: dict, data_report: dic
     }
     results = kind.envelope(
         run_info, metrics, audits, data_report,
-        n_requests=len(rows), n_invalid=int((~df["valid"]).sum()), invalid_rate=r6((~df["valid"]).mean()),
+        n_requests=len(rows), n_invalid=int((~df["valid"]).sum()), invalid_rate=num((~df["valid"]).mean()),
     )
     return scored, results

@@ -125,6 +125,7 @@ def expand(cases: list[Case], cf: Counterfactual, seed: int, report: LoadReport 
                 )
             seen[key] = case.source
             variants.append(Variant(case=case, attributes=attrs, fields=fields))
+    variants = _drop_identical(variants, cf, report)
     if fixed and report is not None:
         expected = len(attribute_grid(cf))
         counts: dict[str, int] = {}
@@ -136,3 +137,49 @@ def expand(cases: list[Case], cf: Counterfactual, seed: int, report: LoadReport 
                     f"case {cid}: {n} of {expected} demographic variants in the data; paired tests use complete blocks only"
                 )
     return variants
+
+
+def _drop_identical(variants: list[Variant], cf: Counterfactual, report: LoadReport | None) -> list[Variant]:
+    """Cases whose variants are not actually different cannot show a demographic effect: pairing them
+    adds exact zeros that read as "fair". A case whose text is the same in every variant is skipped
+    (with the reason); a case whose text does not change with one attribute is a quirk (its paired
+    blocks for that attribute are all ties); an attribute that changes no case at all is an error
+    (the card's substitutions or the data never mention it)."""
+    by_case: dict[str, list[Variant]] = {}
+    for v in variants:
+        by_case.setdefault(v.case.case_id, []).append(v)
+    if not by_case:
+        return variants
+    changes: dict[str, int] = {a: 0 for a in cf.attributes}
+    skip: set[str] = set()
+    for cid, vs in by_case.items():
+        texts = {tuple(sorted(v.fields.items())) for v in vs}
+        if len(vs) > 1 and len(texts) == 1:
+            skip.add(cid)
+            if report is not None:
+                report.skipped.append(f"case {cid}: the text is the same in all {len(vs)} demographic variants "
+                                      f"(no placeholder filled), so it cannot show a demographic effect")
+            continue
+        for attr in cf.attributes:
+            blocks: dict[tuple, set] = {}
+            for v in vs:
+                key = tuple((a, x) for a, x in v.attributes.items() if a != attr)
+                blocks.setdefault(key, set()).add(tuple(sorted(v.fields.items())))
+            if any(len(b) > 1 for b in blocks.values()):
+                changes[attr] += 1
+            elif report is not None and any(len([v for v in vs if tuple((a, x) for a, x in v.attributes.items() if a != attr) == k]) > 1
+                                            for k in blocks):
+                report.quirks.append(f"case {cid}: the text does not change with {attr}; its {attr} comparisons are ties")
+    dead = [a for a, n in changes.items() if n == 0]
+    if dead and len(skip) < len(by_case):
+        raise FairbenchError(
+            f"counterfactual attribute(s) {', '.join(dead)} change the text of no case: no substitution or data column "
+            f"fills them, so the audit could only report ties. Add a placeholder for them to counterfactual.substitutions "
+            f"(or names) in the task card, or remove the attribute."
+        )
+    if len(skip) == len(by_case):
+        raise FairbenchError(
+            "no case's text changes between its demographic variants: no placeholder of counterfactual.substitutions "
+            "occurs in the data. Check the placeholders in the task card against the data file."
+        )
+    return [v for v in variants if v.case.case_id not in skip]
