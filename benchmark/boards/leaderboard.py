@@ -429,9 +429,11 @@ def render_markdown(name: str, rows: list[dict], groups: list[dict], sort_by: st
         f"Rows are sorted by **`{sort_by}`** (lower is fairer), within each task and prompt mode"
         + ("" if all(sort_by in FAIRNESS_BY_KIND[k] for k in kinds) else
            " (rows of a kind without it by " + ", ".join(f"`{KIND_SORT[k]}` for {k}" for k in kinds if sort_by not in FAIRNESS_BY_KIND[k]) + ")")
-        + "; derived models (`base+method`) follow their base (↳). Values are point estimates with 95% bootstrap CIs over "
-        + ("cases" if kinds == ["text"] else "patients" if kinds == ["imaging"] else "cases (text) or patients (imaging)")
-        + " in brackets. \\* marks a metric whose " + ("paired " if kinds == ["text"] else "") + "test of \"no group effect\" is significant after "
+        + "; derived models (`base+method`) follow their base (↳). Values are point estimates with 95% intervals in brackets, "
+        + ("over cases" if kinds == ["text"] else "over patients" if kinds == ["imaging"] else "over cases (text) or patients (imaging)")
+        + (": Wilson intervals for rates (clustered by case), simultaneous bootstrap intervals for max − min gaps, "
+           "which are 0-based unless their permutation test rejects (README: Statistics), bootstrap otherwise" if "text" in kinds else ": bootstrap")
+        + ". \\* marks a metric whose " + ("paired " if kinds == ["text"] else "") + "test of \"no group effect\" is significant after "
         f"{'/'.join(corrections) or 'multiple-testing'} correction over all tests of the run.",
         "",
     ]
