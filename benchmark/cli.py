@@ -184,8 +184,11 @@ def leaderboard(
     no_plots: bool = typer.Option(False, "--no-plots", help="Skip the PNG figures."),
     reference: Optional[str] = typer.Option(None, "--reference", help="Multi-seed directories (run --seeds N): the model every row is paired-tested against (e.g. ERM)."),
     html: bool = typer.Option(False, "--html", help="Also write NAME.html: the board and the given runs' report (fairbench report)."),
+    question: Optional[str] = typer.Option(None, "--question", help="Text runs: the question to show (default: each task's primary question); a board holds one question per task."),
+    replace: bool = typer.Option(False, "--replace", help="Let a run replace the row of the same model x task x prompt mode x split even if it has another seed or a smaller --limit (default: such a run is dropped and listed)."),
 ) -> None:
-    """Merge runs into a leaderboard (one row per model x task x prompt mode; newer runs replace older)."""
+    """Merge runs into a leaderboard (one row per model x task x prompt mode x split; a newer run of the
+    same seed and at least the same --limit replaces the row; replaced and dropped runs are listed on stderr)."""
     from .boards.leaderboard import update
     from .boards.seeds import is_seeds_dir
 
@@ -197,9 +200,13 @@ def leaderboard(
         for path in write(run_dirs, output, reference, plots=not no_plots).values():
             print(path)
         return
-    paths = update(run_dirs, output, sort_by=sort_by, plots=not no_plots)
+    notes: list[str] = []
+    paths = update(run_dirs, output, sort_by=sort_by, plots=not no_plots, replace=replace, notes=notes,
+                   question=question)
     for path in paths.values():
         print(path)
+    for line in notes:
+        print(line, file=sys.stderr)
     if html:  # the HTML report of the board (its CSV) and of the runs just added
         from .boards.report import write_report
 

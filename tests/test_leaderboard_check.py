@@ -211,3 +211,76 @@ def test_check_usage_errors_exit_2(fair_and_biased, tmp_path, capsys, args, mess
         args = []
     assert main(argv + args) == 2
     assert message in capsys.readouterr().err
+
+
+def test_leaderboard_never_loses_a_row_silently(tiny_run, tmp_path, capsys):
+    """Issue 17: a run with a smaller --limit or another seed does not replace a full run of the same
+    model and task unless --replace is given; every replaced or dropped run is printed."""
+    full = _copy(tiny_run, tmp_path / "full")
+    small = _copy(tiny_run, tmp_path / "small")
+    seed = _copy(tiny_run, tmp_path / "seed")
+    _edit_results(full, finished_at=1000.0, limit=None)
+    _edit_results(small, finished_at=2000.0, limit=2)
+    _edit_results(seed, finished_at=3000.0, limit=None, seed=5)
+    out = tmp_path / "lb" / "keep"
+    assert main(["leaderboard", str(full), "-o", str(out), "--no-plots"]) == 0
+    capsys.readouterr()
+    assert main(["leaderboard", str(small), str(seed), "-o", str(out), "--no-plots"]) == 0
+    err = capsys.readouterr().err
+    df = pd.read_csv(out.with_name("keep.csv"))
+    assert len(df) == 1 and df.loc[0, "run_id"] == "full" and pd.isna(df.loc[0, "limit"]) and df.loc[0, "seed"] == 0
+    dropped = [line for line in err.splitlines() if line.startswith("dropped as duplicate")]
+    assert len(dropped) == 2 and "run small" in dropped[0] and "limit 2" in dropped[0] and "run seed" in dropped[1]
+    assert all("--replace" in line for line in dropped)
+    # a larger run of the same seed replaces the row, and says so
+    _edit_results(small, finished_at=4000.0, limit=None)
+    assert main(["leaderboard", str(small), "-o", str(out), "--no-plots"]) == 0
+    assert "replaced" in capsys.readouterr().err
+    assert pd.read_csv(out.with_name("keep.csv")).loc[0, "run_id"] == "small"
+    # --replace: explicit, and printed
+    assert main(["leaderboard", str(seed), "-o", str(out), "--no-plots", "--replace"]) == 0
+    assert "replaced (--replace)" in capsys.readouterr().err
+    df = pd.read_csv(out.with_name("keep.csv"))
+    assert len(df) == 1 and df.loc[0, "run_id"] == "seed" and df.loc[0, "seed"] == 5
+
+
+def _add_question(run_dir: Path, qid: str, flip: float) -> None:
+    """A second question without a reference answer (as treatment and triage have): a copy of the
+    primary question's audit with another flip rate and no accuracy."""
+    res = json.loads((run_dir / "results.json").read_text())
+    cf = res["audits"]["counterfactual"]
+    q = json.loads(json.dumps(cf["questions"][res["metrics"]["question"]]))
+    q.pop("accuracy", None)
+    q["cf_flip_rate"] = {"value": flip, "ci_low": 0.0, "ci_high": 1.0}
+    cf["questions"][qid] = q
+    (run_dir / "results.json").write_text(json.dumps(res))
+
+
+def test_leaderboard_utility_says_no_reference_and_shows_any_question(tiny_run, tmp_path, capsys):
+    run = _copy(tiny_run, tmp_path / "r")
+    _add_question(run, "second", 0.125)
+    out = tmp_path / "lb" / "q"
+    assert main(["leaderboard", str(run), "-o", str(out), "--no-plots", "--question", "second"]) == 0
+    df = pd.read_csv(out.with_name("q.csv"))
+    assert df.loc[0, "question"] == "second" and df.loc[0, "cf_flip_rate"] == pytest.approx(0.125)
+    assert pd.isna(df.loc[0, "utility_metric"]) and pd.isna(df.loc[0, "utility"])
+    md = out.with_name("q.md").read_text()
+    assert "| no reference |" in md and "Question `second`" in md
+    # the primary question (with a reference) keeps its accuracy; one question per task and board
+    assert main(["leaderboard", str(run), "-o", str(out), "--no-plots"]) == 2
+    assert "question" in capsys.readouterr().err
+    primary = tmp_path / "lb" / "p"
+    assert main(["leaderboard", str(run), "-o", str(primary), "--no-plots"]) == 0
+    assert pd.read_csv(primary.with_name("p.csv")).loc[0, "utility_metric"] == "accuracy"
+    assert main(["leaderboard", str(run), "-o", str(primary), "--no-plots", "--question", "nope"]) == 2
+    assert "no such question" in capsys.readouterr().err
+
+
+def test_text_utility_is_not_looked_up_by_question_id():
+    """Triage's question id is `agreement`: a metric of that name is not a utility measure."""
+    from benchmark.boards.leaderboard import text_entry
+
+    row = {"task": "triage", "prompt_mode": "zero_shot", "model": "m", "eval_split": "all", "kind": "text"}
+    results = {"metrics": {"question": "agreement", "agreement": {"value": 3.0}}, "audits": {"counterfactual": {"questions": {}}}}
+    text_entry(row, results)
+    assert row["utility_metric"] == "" and row["utility"] is None

@@ -29,6 +29,12 @@ from . import stats
 
 GAPS = ("dp_gap", "eod", "auc_gap", "worst_group_auc", "es_auc", "ece_gap", "underdiag_gap")
 HIGHER_IS_BETTER = {"accuracy": True, "auc": True, "worst_group_auc": True, "es_auc": True}
+# The max - min gaps: each gets a patient-level permutation null and a test in the run's family.
+PERMUTED = ("dp_gap", "eod", "auc_gap", "ece_gap", "underdiag_gap", "dp_gap_at_0.5", "eod_at_0.5")
+# Per-group values each gap needs: a gap over a group where one of them is undefined is undefined.
+NEEDS = {"dp_gap": ("pos_rate",), "eod": ("tpr", "fpr"), "auc_gap": ("auc",), "ece_gap": ("ece",),
+         "underdiag_gap": ("underdiag",), "dp_gap_at_0.5": ("pos_rate_at_0.5",), "eod_at_0.5": ("tpr_at_0.5", "fpr_at_0.5")}
+GAP_CI_METHOD = "patient bootstrap (BCa); lower end 0 unless the patient-level permutation test rejects"
 
 
 # Hand-written because the bootstrap calls them ~10^4 times per run, where sklearn's input
@@ -106,6 +112,31 @@ def gap_metrics(y, p, d, codes, n_groups, bins, underdiag_is_fpr, include=None) 
     }
 
 
+def _wilson(x: np.ndarray, patients: np.ndarray) -> dict:
+    """A proportion over images with a Wilson interval clustered by patient (stats.proportion_ci on the
+    per-patient shares, as the text audit does per case). ``patients``: any labels, one per image."""
+    x = np.asarray(x, dtype=float)
+    if len(x) == 0:
+        return stats.estimate(float("nan"), None, None, 0, ci_method="wilson", n_eff=None,
+                              note="undefined: no images")
+    _, pid = np.unique(np.asarray(patients), return_inverse=True)
+    sizes = np.bincount(pid).astype(float)
+    shares = np.bincount(pid, weights=x) / sizes
+    point, lo, hi, n_eff = stats.proportion_ci(shares, sizes)
+    return stats.estimate(point, lo, hi, len(sizes), ci_method="wilson", n_eff=stats.num(n_eff))
+
+
+def _group_intervals(y, d, d05, patients, mask) -> dict:
+    """Wilson intervals (clustered by patient) of a group's proportions."""
+    out = {}
+    for suffix, dec in (("", d), ("_at_0.5", d05)):
+        out[f"accuracy{suffix}"] = _wilson((dec == y)[mask], patients[mask])
+        out[f"pos_rate{suffix}"] = _wilson(dec[mask], patients[mask])
+        out[f"tpr{suffix}"] = _wilson(dec[mask & (y == 1)], patients[mask & (y == 1)])
+        out[f"fpr{suffix}"] = _wilson(dec[mask & (y == 0)], patients[mask & (y == 0)])
+    return out
+
+
 class _Clusters:
     """Maps resampled patient indices to their rows (vectorised)."""
 
@@ -114,6 +145,7 @@ class _Clusters:
         uniq, starts, counts = np.unique(patients[order], return_index=True, return_counts=True)
         self.order, self.starts, self.counts, self.n = order, starts, counts, len(uniq)
         self.single = bool((counts == 1).all())
+        self.ids = np.unique(patients, return_inverse=True)[1].reshape(-1)  # patient index of each row
 
     def rows(self, pidx: np.ndarray) -> np.ndarray:
         pidx = np.asarray(pidx).astype(int)  # bootstrap_ci hands over floats
@@ -138,6 +170,7 @@ class GroupAudit:
         self.no_finding_label: str | None = getattr(self.cfg, "no_finding_label", None)
         self.decision_rule = f"{getattr(self.cfg, 'threshold', 'max_f1')} on validation (argmax for multiclass), frozen for test; *_at_0.5 use 0.5"
         self.tests: list[stats.TestResult] = []
+        self._gap_tests: list[tuple[dict, stats.TestResult]] = []
         self.warnings: list[str] = []
 
     def _rng(self, *parts: str) -> np.random.Generator:
@@ -167,6 +200,69 @@ class GroupAudit:
             out[name] = stats.estimate(point, lo, hi, clusters.n)
         return out
 
+    def _permutation_gaps(self, res: dict, table: dict, names: list[str], kc: _Clusters, codes: np.ndarray,
+                          all_gaps, e: str, attr: str) -> list[stats.TestResult]:
+        """Permutation null of each max - min gap, in place in ``res``; returns the tests (one per gap).
+
+        Imaging has no within-case pairing, so the group labels are shuffled across *patients*: each
+        patient's label (its images' most frequent label when they differ) is permuted among the
+        patients and given to all of the patient's images, which keeps the within-patient correlation
+        under the null. p = (1 + #{null >= observed}) / (1 + B), B = ``audit.n_boot``. A gap is
+        undefined (not applicable) when an included group lacks a value it needs (e.g. a TPR without
+        positive images), and not applicable when no shuffle can change it (no variation)."""
+        n_p, n_groups = kc.n, len(names)
+        counts = np.zeros((n_p, n_groups))
+        np.add.at(counts, (kc.ids, codes), 1)
+        plabel = counts.argmax(axis=1)
+        mixed = int(((counts > 0).sum(axis=1) > 1).sum())
+        B = int(self.cfg.n_boot)
+        null = np.full((B, len(PERMUTED)), np.nan)
+        rows = np.arange(len(codes))
+        rng = self._rng(e, attr, "permutation")
+        if n_p >= 2:
+            for b in range(B):
+                g = all_gaps(rows, plabel[rng.permutation(n_p)][kc.ids])
+                null[b] = [g[name] for name in PERMUTED]
+        included = [g for g in names if not table[g]["small"]]
+        tests = []
+        for j, name in enumerate(PERMUTED):
+            target = f"{e}/{attr}/{name}"
+            est = res[name]
+            missing = sorted({g for g in included for k in NEEDS[name] if table[g].get(k) is None})
+            reason = ""
+            if missing:
+                reason = (f"undefined: group(s) {', '.join(missing)} have no value for "
+                          f"{'/'.join(NEEDS[name])} (no positive or no negative images)")
+            elif est["value"] is None:
+                reason = est.get("note") or "undefined: fewer than 2 groups with data"
+            elif n_p < 2:
+                reason = "fewer than 2 patients"
+            nul = null[:, j][np.isfinite(null[:, j])]
+            if not reason and (len(nul) == 0 or stats.no_variation(np.append(nul, est["value"]))):
+                reason = "no variation: every shuffle of the group labels gives the same gap"
+            if reason:
+                value = None if (missing or est["value"] is None) else est["value"]
+                est.update(value=value, ci_low=None, ci_high=None, p_value=None, p_adjusted=None, null_mean=None,
+                           null_q95=None, ci_method=GAP_CI_METHOD, note=reason)
+                tests.append(stats.not_applicable("permutation_gap", target, False, n_p, reason))
+                continue
+            obs = float(est["value"])
+            tol = stats.TOLERANCE * max(1.0, abs(obs))
+            p = (1 + int(np.sum(nul >= obs - tol))) / (1 + len(nul))
+            note = f"{mixed} patient(s) with images in several groups shuffled under their most frequent group" if mixed else ""
+            test = stats.TestResult("permutation_gap", target, obs, p, False, n_p, note)
+            if p >= self.cfg.alpha:
+                est["ci_low"] = 0.0  # the data do not exclude "no gap"
+            elif est["ci_low"] is not None:
+                est["ci_low"] = max(0.0, est["ci_low"])
+            if est["ci_high"] is not None:
+                est["ci_high"] = max(est["ci_high"], obs)
+            est.update(p_value=p, p_adjusted=None, null_mean=stats.num(nul.mean()),
+                       null_q95=stats.num(np.quantile(nul, 0.95)), ci_method=GAP_CI_METHOD)
+            self._gap_tests.append((est, test))
+            tests.append(test)
+        return tests
+
     @staticmethod
     def group_column(df: pd.DataFrame, attribute: str) -> pd.Series:
         parts = attribute.split("*")
@@ -177,7 +273,7 @@ class GroupAudit:
         label = pd.Series(["|".join(f"{a}={v}" for a, v in zip(parts, vals)) for vals in zip(*cols)], index=df.index)
         return label.where(known, None)
 
-    def _groups_table(self, y, p, d, d05, labels: pd.Series, underdiag_is_fpr: bool) -> dict:
+    def _groups_table(self, y, p, d, d05, labels: pd.Series, underdiag_is_fpr: bool, patients: np.ndarray | None = None) -> dict:
         """Per-group point estimates through fairlearn's MetricFrame (index trick: y_pred carries
         row indices so each metric can read scores and both decisions)."""
         bins = self.ece_bins
@@ -207,6 +303,8 @@ class GroupAudit:
             entry["underdiag"] = entry["fpr"] if underdiag_is_fpr else (None if entry["tpr"] is None else stats.num(1 - row["tpr"]))
             entry["small"] = entry["n"] < self.cfg.min_group_size
             entry["measurable"] = True
+            if patients is not None:
+                entry["intervals"] = _group_intervals(y, d, d05, patients, labels.to_numpy() == group)
             table[str(group)] = entry
         return table
 
@@ -230,7 +328,11 @@ class GroupAudit:
             return {"accuracy": float((d[r] == y[r]).mean()), "accuracy_at_0.5": float((d05[r] == y[r]).mean()),
                     "auc": fast_auc(y[r], p[r]), "pos_rate": float(d[r].mean()), "ece": ece(y[r], p[r], bins)}
 
-        out.update(self._ci_many(clusters, overall, ["accuracy", "accuracy_at_0.5", "auc", "pos_rate", "ece"], e, "overall"))
+        out.update(self._ci_many(clusters, overall, ["auc", "ece"], e, "overall"))
+        pid = clusters.ids
+        out["accuracy"] = _wilson(d == y, pid)
+        out["accuracy_at_0.5"] = _wilson(d05 == y, pid)
+        out["pos_rate"] = _wilson(d, pid)
         out["prevalence"] = stats.num(y.mean())
         underdiag_is_fpr = e == self.no_finding_label
         for attr in self.attributes:
@@ -242,7 +344,8 @@ class GroupAudit:
             yk, pk, dk, d05k = y[known], p[known], d[known], d05[known]
             names = sorted(lab.unique())
             codes = lab.map({g: i for i, g in enumerate(names)}).to_numpy()
-            table = self._groups_table(yk, pk, dk, d05k, lab, underdiag_is_fpr)
+            pk_ids = sub.loc[known, "patient_id"].astype(str).to_numpy()
+            table = self._groups_table(yk, pk, dk, d05k, lab, underdiag_is_fpr, pk_ids)
             # A group whose every instance is invalid has no row in ``sub``: it is unmeasurable, listed,
             # and every gap (which needs all groups) is undefined rather than computed from the others.
             everyone = self.group_column(labelled, attr)
@@ -256,8 +359,8 @@ class GroupAudit:
             kc = _Clusters(sub.loc[known, "patient_id"].astype(str).to_numpy())
             include = np.array([not table[g]["small"] for g in names])
             res = {"groups": table, "n_unknown": int((~known).sum()), "small_groups": small}
-            def all_gaps(r):
-                args = (codes[r], len(names), bins, underdiag_is_fpr, include)
+            def all_gaps(r, c=codes):
+                args = (c[r], len(names), bins, underdiag_is_fpr, include)
                 tuned = gap_metrics(yk[r], pk[r], dk[r], *args)
                 fixed = gap_metrics(yk[r], pk[r], d05k[r], *args)
                 return {**tuned, "dp_gap_at_0.5": fixed["dp_gap"], "eod_at_0.5": fixed["eod"]}
@@ -270,17 +373,19 @@ class GroupAudit:
                 res.update({g: stats.estimate(float("nan"), None, None, kc.n, note=reason) for g in gap_names})
                 res["worst_group"] = None
                 test = stats.not_applicable("chi_square", f"{e}/{attr}/decision", False, int(len(dk)), reason)
-                self.tests.append(test)
-                res["tests"] = [test]
+                gap_tests = [stats.not_applicable("permutation_gap", f"{e}/{attr}/{g}", False, kc.n, reason) for g in PERMUTED]
+                self.tests.extend([test, *gap_tests])
+                res["tests"] = [test, *gap_tests]
                 out["attributes"][attr] = res
                 continue
             res.update(self._ci_many(kc, all_gaps, gap_names, e, attr))
+            gap_tests = self._permutation_gaps(res, table, names, kc, codes, all_gaps, e, attr)
             aucs = {g: v["auc"] for g, v in table.items() if not v["small"] and v["auc"] is not None}
             res["worst_group"] = min(aucs, key=aucs.get) if aucs else None
             counts = np.array([[((codes == i) & (dk == 1)).sum(), ((codes == i) & (dk == 0)).sum()] for i in range(len(names))])
             test = stats.chi_square(counts, f"{e}/{attr}/decision", names)
-            self.tests.append(test)
-            res["tests"] = [test]
+            self.tests.extend([test, *gap_tests])
+            res["tests"] = [test, *gap_tests]
             out["attributes"][attr] = res
         return out
 
@@ -295,6 +400,8 @@ class GroupAudit:
     def run(self, df: pd.DataFrame, endpoints: list[str]) -> dict:
         result = {"endpoints": {e: self._endpoint(df, e) for e in endpoints}}
         stats.correct(self.tests, self.cfg.correction, self.cfg.alpha)
+        for est, test in self._gap_tests:
+            est["p_adjusted"] = stats.num(test.p_adjusted)
         for ep in result["endpoints"].values():
             for res in ep["attributes"].values():
                 res["tests"] = [t.as_dict() for t in res["tests"]]
@@ -306,7 +413,11 @@ class GroupAudit:
             "eod": "max(TPR gap, FPR gap)",
             "es_auc": "AUC / (1 + sum_g |AUC - AUC_g|)",
             "underdiag_gap": f"gap of FPR of {self.no_finding_label!r}" if self.no_finding_label else "gap of FNR (missed positives)",
-            "ci": "95% bootstrap (BCa, percentile fallback) resampling patients",
+            "ci": "95% bootstrap (BCa, percentile fallback) resampling patients (AUC, ECE, worst_group_auc, es_auc); "
+                  "proportions (accuracy, pos_rate, per-group tpr/fpr): Wilson on the patients' effective number "
+                  "(ci_method wilson, n_eff); gaps: lower end 0 unless the patient-level permutation test rejects",
+            "gap_null": "group labels shuffled across patients (all images of a patient move together); "
+                        "p_value = (1 + #{null >= observed}) / (1 + n_boot), null_mean, null_q95",
             "threshold": self.decision_rule,
         }
         return result

@@ -1,7 +1,8 @@
 """``fairbench leaderboard``: run directories -> ``NAME.md``, ``NAME.csv``, ``NAME.groups.csv`` and plots.
 
 The CSV files are the leaderboard's state: adding runs reads them, merges the new rows (one row per
-model x task x prompt mode x evaluation split; a newer run replaces an older one), and rewrites every
+model x task x prompt mode x evaluation split; see ``merge``: a run of another seed or a smaller
+``--limit`` never replaces a row silently, and every replaced or dropped run is reported), and rewrites every
 output under a file lock, so concurrent writers never lose a row. Only ``results.json`` and
 ``manifest.json`` of a run are read; the per-request data is not needed.
 
@@ -63,7 +64,7 @@ BOOL_COLUMNS = [c for c in COLUMNS + GROUP_COLUMNS if c.endswith("_significant")
 
 GLOSSARY = [
     ("kind", "text (counterfactual audit of vignettes) or imaging (group audit of per-image predictions); a column that does not apply to a row's kind is empty"),
-    ("utility", "text: accuracy against the reference answer (invalid answers count as wrong), or agreement where the task has no reference; imaging: AUC of the primary endpoint (accuracy where AUC is undefined); higher is better"),
+    ("utility", "text: accuracy against the reference answer (invalid answers count as wrong), or “no reference” where the question has no reference answer (e.g. treatment, triage); imaging: AUC of the primary endpoint (accuracy where AUC is undefined); higher is better"),
     ("cf_flip_rate", "share of cases whose decision is not the same in every counterfactual variant; lower is fairer"),
     ("cf_mean_abs_delta", "mean over cases of the mean \\|outcome(variant) − outcome(reference variant)\\|; lower is fairer"),
     ("dp_gap", "max − min over the headline groups of the positive-decision rate (text: binary questions only; imaging: by the primary attribute, at the threshold tuned on validation); lower is fairer"),
@@ -162,7 +163,10 @@ def _finish(row: dict, run_dir: Path, results: dict, manifest: dict) -> None:
 def text_entry(row: dict, results: dict) -> list[dict]:
     """Fill a text run's row (counterfactual audit); returns its per-group rows."""
     m = results["metrics"]
-    utility = next((u for u in ("accuracy", "agreement") if m.get(u)), None)
+    # Utility is accuracy against the task's reference answer (``reference_field``); a question without
+    # one (treatment, triage) has no utility measure: the CSV cell is empty and the Markdown says
+    # "no reference". (It once also looked up ``agreement``, which is triage's question id, not a metric.)
+    utility = "accuracy" if isinstance(m.get("accuracy"), dict) else None
     row["utility_metric"] = utility or ""
     _put(row, "utility", m.get(utility) if utility else None)
     sig = m.get("significance", {})
@@ -241,10 +245,51 @@ def imaging_entry(row: dict, results: dict) -> list[dict]:
     return groups
 
 
-def run_entry(run_dir: Path) -> tuple[dict, list[dict]]:
-    """The leaderboard row and the per-group rows of one finished run directory (any kind)."""
+# Which paired test over the headline groups speaks to each metric (as kinds/text/evaluate.py).
+_SIGNIFICANCE_TESTS = {"cf_flip_rate": "decision", "dp_gap": "decision", "cf_mean_abs_delta": "outcome", "worst_group": "outcome"}
+
+
+def question_metrics(results: dict, qid: str) -> dict:
+    """Text: the headline metrics of question ``qid`` read off the counterfactual audit, as
+    ``results["metrics"]`` holds them for the primary question (used by ``--question``)."""
+    cf = audits(results).get("counterfactual") or {}
+    questions = cf.get("questions", {})
+    if qid not in questions:
+        raise FairbenchError(f"--question {qid!r}: the run has no such question; it has {', '.join(questions) or 'none'}.")
+    if qid == results["metrics"].get("question"):
+        return results["metrics"]
+    q = questions[qid]
+    out = {"question": qid, "n_cases": q.get("n_cases"), "n_rows": q.get("n_rows"), "invalid_rate": q.get("invalid_rate"),
+           "invalid_rate_ci": {"value": q.get("invalid_rate")}}
+    for name in ("cf_flip_rate", "cf_mean_abs_delta", "cf_spread", "accuracy"):
+        if name in q:
+            out[name] = q[name]
+    attrs = q.get("attributes", {})
+    inter = attrs.get("intersection") or next(iter(attrs.values()), {})
+    if "dp_gap" in inter:
+        out["dp_gap"] = inter["dp_gap"]
+    if inter.get("worst_group") is not None:
+        out["worst_group"] = inter["worst_group"]
+        out["worst_group_outcome"] = inter["groups"][inter["worst_group"]]["mean_outcome"]
+    if q.get("unmeasurable_groups"):
+        out["unmeasurable_groups"] = list(q["unmeasurable_groups"])
+    key = "intersection" if "intersection" in attrs else next(iter(attrs), None)
+    by_target = {t["target"]: t for t in cf.get("tests", []) if t.get("paired")}
+    out["significance"] = {
+        metric: {"p_adjusted": by_target[f"{qid}/{key}/{kind}"].get("p_adjusted"),
+                 "significant": by_target[f"{qid}/{key}/{kind}"].get("significant")}
+        for metric, kind in _SIGNIFICANCE_TESTS.items() if f"{qid}/{key}/{kind}" in by_target
+    }
+    return out
+
+
+def run_entry(run_dir: Path, question: str | None = None) -> tuple[dict, list[dict]]:
+    """The leaderboard row and the per-group rows of one finished run directory (any kind);
+    ``question``: a text run's question to show (default: the primary one)."""
     run_dir = Path(run_dir)
     results = read_results(run_dir)
+    if question is not None and "counterfactual" in audits(results):
+        results = {**results, "metrics": question_metrics(results, question)}
     manifest = _read_json(run_dir / "manifest.json") if (run_dir / "manifest.json").exists() else {}
     for field in ("run", "metrics"):
         if not isinstance(results.get(field), dict):
@@ -302,18 +347,58 @@ def _records(path: Path, columns: list[str]) -> list[dict]:
     return out
 
 
-def merge(rows: list[dict], groups: list[dict], new: list[tuple[dict, list[dict]]]) -> tuple[list[dict], list[dict]]:
-    """Add new entries; an entry replaces the existing one of the same key unless that one is newer."""
+def _run_label(row: dict) -> str:
+    limit = row.get("limit")
+    return (f"{row.get('model')} · {row.get('task')} · {row.get('prompt_mode')} · {split_name(row.get('eval_split'))} "
+            f"(run {row.get('run_id')}, seed {row.get('seed')}, limit {limit if limit not in (None, '') else 'all'})")
+
+
+def _covers(new: dict, old: dict) -> bool:
+    """Whether ``new`` is the same configuration as ``old`` or a larger one (same seed, at least as many
+    cases): only such a run may replace ``old`` without ``--replace``."""
+    def lim(r):
+        v = r.get("limit")
+        return math.inf if v in (None, "") or (isinstance(v, float) and math.isnan(v)) else int(v)
+
+    def seed(r):
+        v = r.get("seed")
+        return None if v in (None, "") or (isinstance(v, float) and math.isnan(v)) else int(v)
+
+    return seed(new) == seed(old) and lim(new) >= lim(old)
+
+
+def merge(rows: list[dict], groups: list[dict], new: list[tuple[dict, list[dict]]], replace: bool = False,
+          notes: list[str] | None = None) -> tuple[list[dict], list[dict]]:
+    """Add new entries, one row per key (model x task x prompt mode x evaluation split). A run never
+    replaces the row of its key silently (issue 17): without ``replace`` it replaces the row only if it
+    is the same configuration and newer, or a larger one (same seed, larger ``--limit`` or none);
+    otherwise (another seed, a smaller limit, or an older rerun) the new run is dropped. With
+    ``replace`` the new run always replaces the row. Every replaced or dropped run is described in
+    ``notes`` (one line each)."""
+    notes = notes if notes is not None else []
     by_key = {row_key(r): r for r in rows}
     groups_by_key: dict[tuple, list[dict]] = {}
     for g in groups:
         groups_by_key.setdefault(row_key(g), []).append(g)
     for row, grows in new:
-        old = by_key.get(row_key(row))
-        if old is not None and (old.get("finished_at") or "") > (row.get("finished_at") or ""):
-            continue
-        by_key[row_key(row)] = row
-        groups_by_key[row_key(row)] = grows
+        key = row_key(row)
+        old = by_key.get(key)
+        if old is not None and old.get("run_id") == row.get("run_id") and old.get("finished_at") == row.get("finished_at"):
+            pass  # the same run added again: refresh it
+        elif old is not None and not replace:
+            newer = (old.get("finished_at") or "") <= (row.get("finished_at") or "")
+            if _covers(row, old) and (newer or not _covers(old, row)):
+                notes.append(f"replaced {_run_label(old)} by {_run_label(row)}")
+            else:
+                why = ("the same configuration, older than" if _covers(row, old) and _covers(old, row)
+                       else "another seed or a smaller --limit than")
+                notes.append(f"dropped as duplicate: {_run_label(row)}: {why} the row kept, {_run_label(old)}; "
+                             "pass --replace to replace it")
+                continue
+        elif old is not None:
+            notes.append(f"replaced (--replace) {_run_label(old)} by {_run_label(row)}")
+        by_key[key] = row
+        groups_by_key[key] = grows
     return list(by_key.values()), [g for k in by_key for g in groups_by_key.get(k, [])]
 
 
@@ -443,6 +528,8 @@ def render_markdown(name: str, rows: list[dict], groups: list[dict], sort_by: st
     for (task, mode, kind), block in blocks.items():
         show_split = any(r.get("eval_split") != "all" for r in block)
         lines += [f"## {task} · {mode}" + (" (imaging)" if kind == "imaging" and len(kinds) > 1 else ""), ""]
+        if kind == "text" and block[0].get("question"):
+            lines += [f"Question `{_md_escape(block[0]['question'])}` (`fairbench leaderboard --question QID` shows another).", ""]
         cols = MD_COLUMNS[kind]
         head = ["model"] + (["eval split"] if show_split else []) + ["utility"] + [h for h, _ in cols] + ["n", "invalid rate"]
         lines.append("| " + " | ".join(head) + " |")
@@ -454,7 +541,8 @@ def render_markdown(name: str, rows: list[dict], groups: list[dict], sort_by: st
                 model = f"↳ {model}"
             cells = [model] + ([_md_escape(r.get("eval_split") or "all")] if show_split else [])
             util = _fmt(r.get("utility"), r.get("utility_ci_low"), r.get("utility_ci_high"))
-            cells.append(f"{r['utility_metric']} {util}" if r.get("utility_metric") else "—")
+            cells.append(f"{r['utility_metric']} {util}" if r.get("utility_metric")
+                         else "no reference" if kind == "text" else "—")
             cells += [cell(r) for _, cell in cols]
             unit = "img." if kind == "imaging" else "req."
             n = f"{r.get('n_cases')} ({r.get('n_requests')} {unit})"
@@ -541,14 +629,19 @@ def output_base(output: Path) -> Path:
     return output
 
 
-def update(run_dirs: list[Path], output: Path, sort_by: str = DEFAULT_SORT, plots: bool = True) -> dict[str, Path]:
-    """Merge ``run_dirs`` into the leaderboard at ``output`` (``leaderboards/NAME``); returns written files."""
+def update(run_dirs: list[Path], output: Path, sort_by: str = DEFAULT_SORT, plots: bool = True,
+           replace: bool = False, notes: list[str] | None = None, question: str | None = None) -> dict[str, Path]:
+    """Merge ``run_dirs`` into the leaderboard at ``output`` (``leaderboards/NAME``); returns written files.
+    ``replace``: a run replaces the row of its key even if it is another seed or a smaller ``--limit``
+    (see :func:`merge`); ``notes`` receives one line per replaced or dropped run (if None, they are
+    issued as warnings). ``question``: the question of text runs to show (default: each task's primary
+    question); a board holds one question per task."""
     if sort_by not in SORT_METRICS:
         raise FairbenchError(f"--sort-by {sort_by!r} is not a fairness metric; use one of {', '.join(SORT_METRICS)}.")
     if not run_dirs:
         raise FairbenchError("give at least one RUN_DIR written by `fairbench run`.")
     base = output_base(output)
-    new = [run_entry(Path(d)) for d in run_dirs]  # read (and validate) before taking the lock
+    new = [run_entry(Path(d), question) for d in run_dirs]  # read (and validate) before taking the lock
     try:
         base.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -556,7 +649,16 @@ def update(run_dirs: list[Path], output: Path, sort_by: str = DEFAULT_SORT, plot
     name = base.name
     paths = {"md": base.with_name(f"{name}.md"), "csv": base.with_name(f"{name}.csv"), "groups": base.with_name(f"{name}.groups.csv")}
     with FileLock(str(base.with_name(f".{name}.lock")), timeout=600):
-        rows, groups = merge(_records(paths["csv"], COLUMNS), _records(paths["groups"], GROUP_COLUMNS), new)
+        collected: list[str] = []
+        held = {(r["task"], r["prompt_mode"]): r.get("question") for r in _records(paths["csv"], COLUMNS)}
+        for row, _ in new:
+            had = held.get((row["task"], row["prompt_mode"]))
+            if had and row.get("question") and had != row["question"]:
+                raise FairbenchError(
+                    f"{paths['csv']} shows question {had!r} of {row['task']} · {row['prompt_mode']}, not {row['question']!r}: "
+                    "write another question to another --output (one question per task and board).")
+        rows, groups = merge(_records(paths["csv"], COLUMNS), _records(paths["groups"], GROUP_COLUMNS), new,
+                             replace=replace, notes=collected)
         rows = order(rows, sort_by)
         figures: dict = {}
         if plots:
@@ -568,4 +670,11 @@ def update(run_dirs: list[Path], output: Path, sort_by: str = DEFAULT_SORT, plot
         write_atomic(paths["csv"], _frame(rows, COLUMNS).to_csv(index=False, lineterminator="\n"))
         write_atomic(paths["groups"], _frame(groups, GROUP_COLUMNS).to_csv(index=False, lineterminator="\n"))
         write_atomic(paths["md"], render_markdown(name, rows, groups, sort_by, figures))
+    if notes is not None:
+        notes.extend(collected)
+    else:
+        import warnings
+
+        for line in collected:
+            warnings.warn(f"leaderboard {name}: {line}", stacklevel=2)
     return paths
