@@ -103,3 +103,15 @@ def test_results_of_another_schema_are_a_one_line_error_that_score_repairs(tmp_p
     assert len(err.splitlines()) == 1 and "schema 1" in err and "fairbench score" in err
     assert main(["score", str(run_dir), "--tasks-dir", str(tasks), "-q"]) == 0  # no model needed
     assert main(["leaderboard", str(run_dir), "-o", str(board), "--no-plots"]) == 0
+
+
+def test_a_gap_without_variation_is_never_printed_as_a_bare_zero():
+    """A constant-decision model has dp_gap 0 with no interval: the board says why, not a confident 0."""
+    from benchmark.boards.leaderboard import _est, _put
+
+    row: dict = {}
+    _put(row, "dp_gap", {"value": 0.0, "ci_low": None, "ci_high": None, "note": "no variation: every value is the same"})
+    assert _est("dp_gap")(row) == "0.000 (no variation)"
+    row = {}
+    _put(row, "dp_gap", {"value": 0.2, "ci_low": 0.04, "ci_high": 0.36})
+    assert _est("dp_gap")(row) == "0.200 [0.040, 0.360]" and "dp_gap_note" not in row

@@ -43,7 +43,7 @@ EST_COLS = ["value", "ci_low", "ci_high"]
 COLUMNS = (
     KEY
     + ["kind", "base_model", "question", "utility_metric", "utility", "utility_ci_low", "utility_ci_high"]
-    + [f"{m}{s}" for m in FAIRNESS_METRICS for s in ("", "_ci_low", "_ci_high", "_p_adjusted", "_significant")]
+    + [f"{m}{s}" for m in FAIRNESS_METRICS for s in ("", "_ci_low", "_ci_high", "_p_adjusted", "_significant", "_note")]
     + ["worst_group", "worst_group_outcome", "worst_group_outcome_ci_low", "worst_group_outcome_ci_high",
        "worst_group_p_adjusted", "worst_group_significant"]
     + [f"{m}{s}" for m in IMAGING_ESTIMATES for s in ("", "_ci_low", "_ci_high")]
@@ -97,6 +97,8 @@ def _put(row: dict, prefix: str, est: dict | None) -> None:
     row[prefix] = est.get("value")
     row[f"{prefix}_ci_low"] = est.get("ci_low")
     row[f"{prefix}_ci_high"] = est.get("ci_high")
+    if est.get("note") and est.get("ci_low") is None:  # why there is no interval (e.g. no variation)
+        row[f"{prefix}_note"] = est["note"]
 
 
 def audits(results: dict) -> dict:
@@ -480,8 +482,13 @@ def _row_kind(r: dict) -> str:
 
 # Markdown table columns of each kind: (header, cell(row)).
 def _est(name: str, marked: bool = True):
-    return lambda r: _fmt(r.get(name), r.get(f"{name}_ci_low"), r.get(f"{name}_ci_high"),
-                          r.get(f"{name}_significant") if marked else None)
+    def cell(r: dict) -> str:
+        text = _fmt(r.get(name), r.get(f"{name}_ci_low"), r.get(f"{name}_ci_high"), r.get(f"{name}_significant") if marked else None)
+        note = r.get(f"{name}_note")
+        # A value without an interval is not evidence of fairness: say why (e.g. "no variation").
+        return f"{text} ({_md_escape(str(note).split(':')[0])})" if note else text
+
+    return cell
 
 
 def _worst_text(r: dict) -> str:
