@@ -197,8 +197,13 @@ def leaderboard(
 
         if reference is None:
             raise FairbenchError("multi-seed leaderboards need --reference MODEL (the row every model is paired-tested against).")
-        for path in write(run_dirs, output, reference, plots=not no_plots).values():
+        written = write(run_dirs, output, reference, plots=not no_plots)
+        for path in written.values():
             print(path)
+        if html:
+            from .boards.report import write_report
+
+            print(write_report([], written["csv"].with_suffix(".html"), board=written["csv"]))
         return
     notes: list[str] = []
     paths = update(run_dirs, output, sort_by=sort_by, plots=not no_plots, replace=replace, notes=notes,

@@ -710,6 +710,10 @@ def board_view(csv_path: Path) -> dict:
     from .keys import group_plot_name, tradeoff_plot_name
     from .leaderboard import COLUMNS, FAIRNESS_BY_KIND, _records, order
 
+    from .seeds import is_seeds_csv
+
+    if is_seeds_csv(csv_path):
+        return seeds_board_view(csv_path)
     rows = order(_records(csv_path, COLUMNS), "cf_mean_abs_delta")
     if not rows:
         raise FairbenchError(f"{csv_path}: no rows; not a fairbench leaderboard CSV.")
@@ -731,7 +735,42 @@ def board_view(csv_path: Path) -> dict:
                                 "ci_high": r.get("invalid_rate_ci_high")}),
             "run_id": r.get("run_id"), "commit": r.get("git_commit"), "finished": r.get("finished_at"),
         })
-    return {"name": name, "blocks": list(blocks.values()), "tradeoff": _figure(csv_path.with_name(tradeoff_plot_name(name)))}
+    return {"name": name, "blocks": list(blocks.values()), "tradeoff": _figure(csv_path.with_name(tradeoff_plot_name(name))),
+            "seeds": None}
+
+
+def seeds_board_view(csv_path: Path) -> dict:
+    """A multi-seed board's CSV (``boards.seeds``: its ``n_seeds``/``seeds`` columns): one table per metric,
+    a row per model with the mean over seeds and its 95% t-interval, the mean paired difference against the
+    reference model, the paired t-test's raw and Holm-adjusted p, and ↑ / ↓ when the difference is
+    significantly better / worse (Holm p < 0.05); and the trade-off figure."""
+    from .keys import tradeoff_plot_name
+    from .seeds import HIGHER, read, row_metrics
+
+    csv_path = Path(csv_path)
+    rows, reference = read(csv_path)
+    name = csv_path.name[: -len(".csv")]
+    kinds = sorted({r.get("kind") or "imaging" for r in rows})
+    tables = []
+    for m in row_metrics(rows):
+        trs = []
+        for r in rows:
+            diff, p, p_holm = r.get(f"{m}_diff"), r.get(f"{m}_p"), r.get(f"{m}_p_holm")
+            significant = _finite(diff) and _finite(p_holm) and p_holm < 0.05
+            better = _finite(diff) and (diff > 0) == HIGHER.get(m, False)
+            trs.append({
+                "model": r["model"], "reference": r["model"] == reference, "derived": bool(r.get("base_model")),
+                "seeds": r.get("seeds") or "—", "n_seeds": r.get("n_seeds"),
+                "mean": fmt_est({"value": r.get(m), "ci_low": r.get(f"{m}_ci_low"), "ci_high": r.get(f"{m}_ci_high")}),
+                "sd": fmt(r.get(f"{m}_sd")), "diff": f"{diff:+.3f}" if _finite(diff) else "—",
+                "p": fmt_p(p), "p_holm": fmt_p(p_holm), "significant": bool(significant),
+                "mark": ("↑" if better else "↓") if significant else "",
+            })
+        tables.append({"metric": m, "higher": HIGHER.get(m, False), "rows": trs})
+    return {"name": name, "blocks": [], "seeds": {
+        "reference": reference, "task": rows[0].get("task"), "mode": rows[0].get("prompt_mode") or "—", "kinds": kinds,
+        "split": rows[0].get("eval_split") or "—", "n_test": rows[0].get("n_test"), "tables": tables},
+        "tradeoff": _figure(csv_path.with_name(tradeoff_plot_name(name)))}
 
 
 def redraw(csv_path: Path, sort_by: str = "cf_mean_abs_delta") -> dict:
@@ -739,8 +778,15 @@ def redraw(csv_path: Path, sort_by: str = "cf_mean_abs_delta") -> dict:
     committed boards get the current figure style with ``fairbench report NAME.csv --redraw``."""
     from . import plots
     from .leaderboard import COLUMNS, GROUP_COLUMNS, _records, order, sort_metrics
+    from .seeds import is_seeds_csv
 
     csv_path = Path(csv_path)
+    if is_seeds_csv(csv_path):  # a multi-seed board: its trade-off figure (PNG 300 dpi, SVG, PDF)
+        from .seeds import read
+        from .seeds import draw as draw_seeds
+
+        figures = draw_seeds(csv_path.with_suffix(""), read(csv_path)[0])
+        return {"tradeoff": figures[0].name} if figures else {}
     rows = order(_records(csv_path, COLUMNS), sort_by)
     groups = _records(csv_path.with_name(csv_path.name[: -len(".csv")] + ".groups.csv"), GROUP_COLUMNS)
     block_metrics = {(r["task"], r["prompt_mode"]): sort_metrics(r.get("kind"), sort_by)[0] for r in rows}

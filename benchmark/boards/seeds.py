@@ -2,7 +2,8 @@
 model from the ``summary.json`` of ``fairbench run --seeds N``, every metric as mean ± 95% t-CI
 over seeds, and paired t-tests against the reference model (e.g. ERM) across the shared seeds,
 Holm-corrected per row (``seeds.compare``). Writes NAME.md, NAME.csv and the trade-off plot
-NAME.tradeoff.png (utility against the kind's headline gap, Pareto frontier).
+NAME.tradeoff.png (300 dpi), .svg and .pdf (utility against the kind's headline gap, Pareto frontier;
+the boards' paper-figure code). ``fairbench report NAME.csv`` renders such a board as HTML (``report.seeds_board_view``).
 
 Kind, prompt mode and evaluation split come from the runs' ``results.json`` (schema 2): imaging rows
 show accuracy, AUC, dp_gap, eod and worst-group AUC; text rows accuracy and the counterfactual metrics."""
@@ -133,6 +134,62 @@ def render(name: str, rows: list[dict], reference: str, plot: str | None) -> str
     return "\n".join(lines) + "\n"
 
 
+def is_seeds_csv(path: Path) -> bool:
+    """Whether ``path`` is a multi-seed board CSV (written by :func:`write`): it has ``n_seeds`` and ``seeds`` columns."""
+    path = Path(path)
+    if path.suffix != ".csv" or not path.is_file():
+        return False
+    with path.open(encoding="utf-8") as f:
+        header = f.readline().strip().split(",")
+    return "n_seeds" in header and "seeds" in header
+
+
+def read(csv_path: Path) -> tuple[list[dict], str | None]:
+    """A multi-seed board's rows from its CSV alone, and its reference model (the row without paired
+    differences). Boards written before the ``kind`` column are imaging boards (prompt mode ``image``)."""
+    df = pd.read_csv(csv_path, dtype={c: str for c in ("task", "prompt_mode", "model", "eval_split", "base_model", "seeds", "kind")},
+                     keep_default_na=False, na_values=[""])
+    rows = []
+    for rec in df.to_dict("records"):
+        r = {}
+        for k, v in rec.items():
+            if hasattr(v, "item"):
+                v = v.item()
+            r[k] = None if isinstance(v, float) and v != v else v
+        r["kind"] = r.get("kind") or ("imaging" if r.get("prompt_mode") in ("image", "", None) else "text")
+        r["seeds"] = str(r.get("seeds") or "")
+        rows.append(r)
+    if not rows:
+        raise FairbenchError(f"{csv_path}: no rows; not a multi-seed leaderboard CSV.")
+    refs = [r["model"] for r in rows if not any(r.get(f"{m}_diff") is not None for m in row_metrics([r]))]
+    return rows, (refs[0] if refs else None)
+
+
+def _plot_rows(rows: list[dict]) -> list[dict]:
+    prow = []
+    for r in rows:
+        u = "auc" if r.get("auc") is not None else "accuracy"
+        prow.append({**r, "utility": r.get(u), "utility_ci_low": r.get(f"{u}_ci_low"), "utility_ci_high": r.get(f"{u}_ci_high"),
+                     "utility_metric": "AUC" if u == "auc" else u})
+    return prow
+
+
+def draw(base: Path, rows: list[dict]) -> list[Path]:
+    """The trade-off figure (utility against the kind's headline gap, Pareto frontier) through the paper-figure
+    code of the other boards (``plots.tradeoff``): NAME.tradeoff.png at 300 dpi, .svg and .pdf; [] if nothing to plot."""
+    from .plots import figure_paths, tradeoff
+
+    png = Path(base).parent / tradeoff_plot_name(Path(base).name)
+    gaps = {(r["task"], r["prompt_mode"]): HEADLINE_GAP.get(r.get("kind"), "dp_gap") for r in rows}
+    return figure_paths(png) if tradeoff(_plot_rows(rows), "dp_gap", png, gaps) else []
+
+
+def redraw(csv_path: Path) -> dict[str, Path]:
+    """Draw a multi-seed board's trade-off figure again from its CSV alone (no runs, no model)."""
+    rows, _ = read(Path(csv_path))
+    return {p.suffix[1:]: p for p in draw(Path(csv_path).with_suffix(""), rows)}
+
+
 def write(dirs: list[Path], output: Path, reference: str, plots: bool = True) -> dict[str, Path]:
     from .leaderboard import output_base
 
@@ -143,16 +200,10 @@ def write(dirs: list[Path], output: Path, reference: str, plots: bool = True) ->
     write_atomic(out["csv"], pd.DataFrame(rows).to_csv(index=False, float_format="%.6g"))
     plot_name = None
     if plots:
-        from .plots import tradeoff
-
-        png = base.parent / tradeoff_plot_name(base.name)
-        prow = []
-        for r in rows:
-            u = "auc" if r.get("auc") is not None else "accuracy"
-            prow.append({**r, "utility": r.get(u), "utility_ci_low": r.get(f"{u}_ci_low"), "utility_ci_high": r.get(f"{u}_ci_high"),
-                         "utility_metric": "AUC" if u == "auc" else u})
-        gaps = {(r["task"], r["prompt_mode"]): HEADLINE_GAP.get(r.get("kind"), "dp_gap") for r in rows}
-        if tradeoff(prow, "dp_gap", png, gaps):
-            out["png"], plot_name = png, png.name
+        figures = draw(base, rows)
+        for p in figures:
+            out[p.suffix[1:]] = p
+        if figures:
+            plot_name = figures[0].name
     write_atomic(out["md"], render(base.name, rows, reference, plot_name))
     return out

@@ -1,0 +1,116 @@
+"""`fairbench report BOARD.csv` on a multi-seed board (`leaderboard --reference`, boards.seeds): per-metric
+tables of mean [95% CI], paired difference against the reference with Holm p and a significance marker,
+the seeds, and the trade-off figure drawn by the paper-figure code (PNG 300 dpi, SVG, PDF)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from benchmark.boards import report, seeds
+from benchmark.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMITTED = ROOT / "leaderboards" / "mitigation-imaging.csv"
+
+
+def _fake_seeds(root, model, values):
+    from benchmark.seeds import summarize
+    from benchmark.store import dumps
+
+    dirs, results = [], []
+    for seed, (auc, dp) in enumerate(values):
+        d = root / f"{model}__seed{seed}"
+        d.mkdir(parents=True)
+        r = {"schema_version": 2, "kind": "imaging-test", "run": {"model": model, "task": "synth-xray", "seed": seed, "base_model": None},
+             "n_test": 100, "metrics": {"accuracy": {"value": auc - 0.1}, "auc": {"value": auc}, "dp_gap": {"value": dp},
+                                        "eod": {"value": dp}, "worst_group_auc": {"value": auc - 0.05}}}
+        (d / "results.json").write_text(dumps(r))
+        dirs.append(d)
+        results.append(r)
+    out = root / f"{model}__seeds"
+    out.mkdir()
+    (out / "summary.json").write_text(dumps(summarize(results, dirs)))
+    return out
+
+
+@pytest.fixture()
+def board(tmp_path):
+    erm = _fake_seeds(tmp_path, "erm", [(0.70, 0.30), (0.72, 0.28), (0.71, 0.33), (0.69, 0.31), (0.73, 0.29)])
+    fix = _fake_seeds(tmp_path, "erm+fix", [(0.69, 0.10), (0.72, 0.09), (0.70, 0.14), (0.69, 0.12), (0.72, 0.08)])
+    out = tmp_path / "lb" / "mitigation-imaging"
+    paths = seeds.write([erm, fix], out, "erm")
+    return out, paths
+
+
+def test_seeds_write_draws_the_paper_figure_in_three_formats(board):
+    out, paths = board
+    for ext in ("png", "svg", "pdf"):
+        f = out.parent / f"mitigation-imaging.tradeoff.{ext}"
+        assert f.is_file() and paths[ext] == f
+    assert "mitigation-imaging.tradeoff.png" in paths["md"].read_text()
+
+
+def test_seeds_csv_is_recognised_and_read_back(board):
+    out, _ = board
+    csv = out.with_suffix(".csv")
+    assert seeds.is_seeds_csv(csv) and seeds.is_seeds_csv(COMMITTED)
+    assert not seeds.is_seeds_csv(ROOT / "leaderboards" / "demo.csv")
+    rows, reference = seeds.read(csv)
+    assert reference == "erm" and [r["model"] for r in rows] == ["erm", "erm+fix"]
+    assert rows[1]["seeds"] == "0 1 2 3 4" and rows[1]["kind"] == "imaging"
+
+
+def test_seeds_board_view_tables_per_metric(board):
+    out, _ = board
+    csv = out.with_suffix(".csv")
+    df = pd.read_csv(csv).set_index("model")
+    view = report.board_view(csv)
+    sb = view["seeds"]
+    assert sb["reference"] == "erm" and [t["metric"] for t in sb["tables"]] == seeds.METRICS
+    dp = next(t for t in sb["tables"] if t["metric"] == "dp_gap")
+    ref, fix = dp["rows"]
+    assert ref["reference"] and ref["diff"] == "—" and not ref["significant"]
+    assert fix["mean"] == report.fmt_est({"value": df.loc["erm+fix", "dp_gap"], "ci_low": df.loc["erm+fix", "dp_gap_ci_low"],
+                                          "ci_high": df.loc["erm+fix", "dp_gap_ci_high"]})
+    assert fix["diff"] == f"{df.loc['erm+fix', 'dp_gap_diff']:+.3f}"
+    assert fix["p_holm"] == report.fmt_p(df.loc["erm+fix", "dp_gap_p_holm"])
+    assert df.loc["erm+fix", "dp_gap_p_holm"] < 0.05 and fix["significant"] and fix["mark"] == "↑"  # a lower gap is better
+    assert fix["seeds"] == "0 1 2 3 4"
+    assert view["tradeoff"] and "<svg" in view["tradeoff"]["svg"]
+
+
+def test_cli_report_renders_a_seeds_board(board, tmp_path):
+    out, _ = board
+    html_path = tmp_path / "board.html"
+    assert main(["report", str(out.with_suffix(".csv")), "-o", str(html_path)]) == 0
+    html = html_path.read_text()
+    assert "Leaderboard <code>mitigation-imaging</code>" in html and "Multi-seed board" in html
+    assert "Holm p" in html and "↑ yes" in html and "0 1 2 3 4" in html and "<svg" in html
+    assert "Δ vs erm" in html
+
+
+def test_redraw_committed_seeds_board_from_its_csv_alone(tmp_path):
+    csv = tmp_path / "mitigation-imaging.csv"
+    shutil.copy(COMMITTED, csv)
+    figures = report.redraw(csv)
+    assert figures == {"tradeoff": "mitigation-imaging.tradeoff.png"}
+    for ext in ("png", "svg", "pdf"):
+        assert (tmp_path / f"mitigation-imaging.tradeoff.{ext}").is_file()
+    html = report.render(report.context([csv]))
+    rows, reference = seeds.read(csv)
+    assert reference == "vit-nano" and len(rows) == len(pd.read_csv(COMMITTED))
+    assert "vit-nano+fairmed-vlm" in html and "Holm p" in html
+
+
+def test_leaderboard_html_writes_the_report_of_a_seeds_board(tmp_path, capsys):
+    erm = _fake_seeds(tmp_path, "erm", [(0.70, 0.30), (0.72, 0.28), (0.71, 0.33)])
+    fix = _fake_seeds(tmp_path, "erm+fix", [(0.69, 0.10), (0.72, 0.09), (0.70, 0.14)])
+    out = tmp_path / "lb" / "seeds-board"
+    assert main(["leaderboard", str(erm), str(fix), "-o", str(out), "--reference", "erm", "--no-plots", "--html"]) == 0
+    html = out.with_suffix(".html")
+    assert html.is_file() and str(html) in capsys.readouterr().out
+    assert "erm+fix" in html.read_text()
