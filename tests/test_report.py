@@ -297,3 +297,10 @@ def test_report_in_headless_chromium(runs, tmp_path):
             assert all(u.startswith(("file:", "data:", "about:")) for u in requests), requests
         finally:
             browser.close()
+
+
+def test_provenance_command_carries_no_machine_paths():
+    from benchmark.boards.report import portable_command
+
+    argv = ["/opt/venv/bin/fairbench", "run", "--task", "qpain", "--data-dir", "/srv/data", "-o", "runs"]
+    assert portable_command(argv) == "fairbench run --task qpain --data-dir .../data -o runs"

@@ -148,6 +148,20 @@ class Run:
         return self.results.get("audits") or {}
 
 
+def portable_command(argv: list[str]) -> str:
+    """The recorded command without the machine's paths (a report is shared and committed): the
+    program is ``fairbench`` and an absolute path keeps only its last part (``--data-dir .../data``)."""
+    words = []
+    for i, word in enumerate(argv):
+        if i == 0 and Path(word).name in ("fairbench", "__main__.py", "cli.py"):
+            words.append("fairbench")
+        elif word.startswith("/") and len(Path(word).parts) > 1:
+            words.append(".../" + Path(word).name)
+        else:
+            words.append(word)
+    return " ".join(words)
+
+
 def provenance(run: Run) -> list[tuple[str, str]]:
     """(field, value) pairs: what a reviewer needs to reproduce the run."""
     m, r = run.manifest, run.results.get("run") or {}
@@ -167,7 +181,7 @@ def provenance(run: Run) -> list[tuple[str, str]]:
         ("git commit", (git.get("commit") or "?") + (" (dirty tree)" if git.get("dirty") else "")),
         ("fairbench", m.get("fairbench_version") or "?"),
         ("python / platform", f"{m.get('python', '?')} / {m.get('platform', '?')}"),
-        ("command", " ".join(m.get("command") or []) or "—"),
+        ("command", portable_command(m.get("command") or []) or "—"),
     ]
     for name, sha in sorted(((m.get("data") or {}).get("files") or {}).items()):
         out.append((f"data: {name}", f"sha256 {sha}"))
