@@ -18,7 +18,6 @@ from .base import Context, ImagingTaskData, Mitigation, MitigationConfig, ModelA
 BACKEND = "mitigated-classifier"
 
 
-
 class ImagingMitigation(Mitigation):
     """A mitigation expressed as a training recipe for the classifier backend."""
 
