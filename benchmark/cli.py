@@ -3,9 +3,10 @@
 Exit codes: 0 success; 1 ``fairbench check`` found a fairness regression; 2 usage or input error (any
 parser error of any subcommand, a bad value, an unknown model or task, a malformed file); 3 the
 environment failed (disk full, read-only or vanished output directory, permission denied); 4 an
-internal error (a bug: rerun with ``--debug`` for the traceback); 130 interrupted. Every error is
-one line on stderr; ``--debug`` (before or after the subcommand, or ``FAIRBENCH_DEBUG=1``) shows
-the traceback instead.
+internal error (a bug: rerun with ``--debug`` for the traceback); 130 interrupted. A missing
+optional dependency (torch for the hf backend ...) is a usage error naming the extra to install
+(``EXTRA_OF``). Every error is one line on stderr; ``--debug`` (before or after the subcommand,
+or ``FAIRBENCH_DEBUG=1``) shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -49,29 +50,39 @@ def _root(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks (also accepted after the subcommand)."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
 ) -> None:
-    _debug["on"] = debug
+    _debug["on"] = debug or _debug["on"]
+    _quiet_third_party()
 
 
 def _quiet_third_party() -> None:
-    """Keep third-party progress bars and warnings (weight loading, deprecations) out of fairbench's
-    output; ``--debug`` shows them."""
+    """Keep third-party progress bars, logs and warnings (weight loading, dataset maps, deprecations,
+    TRL's experimental notice) out of fairbench's output, for every subcommand; ``--debug`` shows
+    them. Libraries read these environment variables when imported; those already imported (the
+    Python API, tests) are told directly. Nothing is imported here: `fairbench list` stays fast and
+    works without the hf extra."""
     if _debug["on"]:
         return
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("DATASETS_VERBOSITY", "error")
+    for var, value in (("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("HF_DATASETS_DISABLE_PROGRESS_BARS", "1"),
+                       ("TRANSFORMERS_VERBOSITY", "error"), ("DATASETS_VERBOSITY", "error"),
+                       ("TRL_EXPERIMENTAL_SILENCE", "1"), ("TOKENIZERS_PARALLELISM", "false")):
+        os.environ.setdefault(var, value)
     for name in ("transformers", "accelerate", "peft", "trl", "datasets", "huggingface_hub", "torch", "sentence_transformers"):
         logging.getLogger(name).setLevel(logging.ERROR)
     for module in ("transformers", "accelerate", "peft", "trl", "torch", "huggingface_hub", "datasets", "sklearn"):
         warnings.filterwarnings("ignore", module=module)
-    try:
+    if "transformers" in sys.modules:
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover - transformers is a core dependency
-        pass
+    if "datasets" in sys.modules:
+        import datasets
+
+        datasets.utils.logging.set_verbosity_error()
+        datasets.disable_progress_bars()
+    hub_utils = getattr(sys.modules.get("huggingface_hub"), "utils", None)  # transformers' dependency, not ours
+    if hub_utils is not None:
+        hub_utils.disable_progress_bars()
 
 
 @app.command()
@@ -83,6 +94,7 @@ def run(
     task: str = typer.Option("qpain-demo", "--task", "-t", metavar="TASK[,TASK...]", help="Task name(s) (fairbench list tasks); comma-separated for a grid."),
     prompt_mode: Optional[str] = typer.Option(None, "--prompt-mode", metavar="MODE[,MODE...]", help="zero_shot, few_shot, cot ... (task default); comma-separated for a grid."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Use only the first N cases."),
+    sample: Optional[int] = typer.Option(None, "--sample", min=1, help="Text tasks: use N cases drawn at random, seeded by --seed (the same N cases for every model)."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seed of data shuffles, sampling and training (0 to 2^63-1)."),
     seeds: int = typer.Option(1, "--seeds", min=1, help="Run seeds SEED..SEED+N-1; write mean ± CI and paired tests across seeds."),
     output_dir: Path = typer.Option(Path("runs"), "--output-dir", "-o", help="Where run directories are written."),
@@ -103,11 +115,10 @@ def run(
     from .engine import make_progress
     from .shard import parse_shard
 
-    _quiet_third_party()
     models, tasks, modes = split_list(model), split_list(task), split_list(prompt_mode)
     if model_args is not None and len(models) > 1:
         raise FairbenchError("--model-args describes one ad-hoc model; give one backend in --model.")
-    options = dict(seed=seed, limit=limit, output_dir=output_dir, models_file=models_file, tasks_dir=tasks_dir, data_dir=data_dir,
+    options = dict(seed=seed, limit=limit, sample=sample, output_dir=output_dir, models_file=models_file, tasks_dir=tasks_dir, data_dir=data_dir,
                    temperature=temperature, shard=parse_shard(shard), cases_from=cases_from, cache_dir=cache_dir,
                    use_cache=not no_cache, model_args=model_args, argv=list(sys.argv))
     grid = len(models) * len(tasks) * len(modes) > 1
@@ -182,7 +193,8 @@ def leaderboard(
     output: Path = typer.Option(..., "--output", "-o", help="leaderboards/NAME: writes NAME.md, NAME.csv, NAME.groups.csv and PNG plots."),
     sort_by: str = typer.Option("cf_mean_abs_delta", "--sort-by", help="Fairness metric to sort by: text cf_mean_abs_delta, cf_flip_rate, dp_gap; imaging dp_gap, eod, auc_gap, ece_gap, underdiag_gap (rows lacking it use their kind's default)."),
     no_plots: bool = typer.Option(False, "--no-plots", help="Skip the PNG figures."),
-    reference: Optional[str] = typer.Option(None, "--reference", help="Multi-seed directories (run --seeds N): the model every row is paired-tested against (e.g. ERM)."),
+    reference: Optional[str] = typer.Option(None, "--reference", help="The model every row is paired-tested against: multi-seed directories (run --seeds N), paired t over seeds (e.g. ERM); text runs, Δ of each headline metric on the same cases with a bootstrap CI and Holm p (e.g. the base model of a mitigation board)."),
+    control: Optional[list[str]] = typer.Option(None, "--control", metavar="GLOB=MODEL", help="Multi-seed boards: rows whose model matches GLOB are paired-tested against MODEL (their like-for-like control) instead of --reference; repeatable."),
     html: bool = typer.Option(False, "--html", help="Also write NAME.html: the board and the given runs' report (fairbench report)."),
     question: Optional[str] = typer.Option(None, "--question", help="Text runs: the question to show (default: each task's primary question); a board holds one question per task."),
     replace: bool = typer.Option(False, "--replace", help="Let a run replace the row of the same model x task x prompt mode x split even if it has another seed or a smaller --limit (default: such a run is dropped and listed)."),
@@ -197,7 +209,9 @@ def leaderboard(
 
         if reference is None:
             raise FairbenchError("multi-seed leaderboards need --reference MODEL (the row every model is paired-tested against).")
-        written = write(run_dirs, output, reference, plots=not no_plots)
+        from .boards.seeds import parse_controls
+
+        written = write(run_dirs, output, reference, plots=not no_plots, controls=parse_controls(control))
         for path in written.values():
             print(path)
         if html:
@@ -206,8 +220,15 @@ def leaderboard(
             print(write_report([], written["csv"].with_suffix(".html"), board=written["csv"]))
         return
     notes: list[str] = []
+    annotate = None
+    if reference is not None:  # Δ vs the reference row on the same cases (boards.check's paired bootstrap)
+        from functools import partial
+
+        from .boards.check import reference_deltas
+
+        annotate = partial(reference_deltas, reference=reference, run_dirs=run_dirs)
     paths = update(run_dirs, output, sort_by=sort_by, plots=not no_plots, replace=replace, notes=notes,
-                   question=question)
+                   question=question, annotate=annotate)
     for path in paths.values():
         print(path)
     for line in notes:
@@ -350,10 +371,39 @@ def data_download(
     """Fetch TASK's official files from the URLs pinned in its task card and verify their SHA-256s."""
     from .cards import load_task
     from .data.download import download
+    from .progress import download_progress
 
     card = load_task(task, tasks_dir)
-    for name, status in download(card, data_dir, force=force):
+    bars: dict[str, object] = {}
+    with download_progress(quiet=False) as progress:
+        def on_bytes(name: str, done: int, total: int | None) -> None:
+            if name not in bars:
+                bars[name] = progress.add_task(name, total=total)
+            progress.update(bars[name], completed=done)
+
+        done = download(card, data_dir, force=force, on_bytes=on_bytes)
+    for name, status in done:
         console.print(f"{status:>10}  {name}  (sha256 verified)")
+
+
+# Optional dependencies by top-level module -> the extra that installs them (pyproject.toml).
+EXTRA_OF = {
+    **dict.fromkeys(("torch", "accelerate", "safetensors"), "hf"),
+    **dict.fromkeys(("peft", "trl", "datasets", "optuna", "concept_erasure", "sentence_transformers"), "mitigations"),
+    **dict.fromkeys(("wfdb", "h5py", "openpyxl", "PIL"), "vision"),
+    **dict.fromkeys(("timm", "open_clip", "torchvision"), "timm"),
+    "llama_cpp": "llamacpp",
+    "vllm": "vllm",
+}
+
+
+def missing_extra(exc: ModuleNotFoundError) -> str | None:
+    """The one-line fix for a missing optional dependency, or None when the module is not one."""
+    module = (exc.name or "").split(".")[0]
+    extra = EXTRA_OF.get(module)
+    if extra is None:
+        return None
+    return f"this needs {module}, which is not installed: pip install 'fairbench-med[{extra}]'"
 
 
 def _exception_kinds() -> tuple[tuple, tuple, tuple]:
@@ -419,6 +469,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - every error is one line; --debug shows the traceback
         if debug:
             raise
+        if isinstance(exc, ModuleNotFoundError) and (fix := missing_extra(exc)):
+            print(f"error: {fix}", file=sys.stderr)
+            return EXIT_USAGE
         if _is_parser_error(exc, parse):
             print(f"error: {_line(exc.format_message())} (see fairbench {_subcommand(args)}--help)", file=sys.stderr)
             return EXIT_USAGE

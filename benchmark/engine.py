@@ -12,18 +12,12 @@ import dataclasses
 import hashlib
 import json
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import Progress
 
 from .cards import load_task
 from .config import ModelRegistry, ModelSpec, adhoc_model, load_models, validate_extra
@@ -31,6 +25,7 @@ from .errors import FairbenchError
 from .hashing import sha256_files
 from .kinds import kind_for
 from .manifest import base_manifest
+from .progress import request_progress
 from .registry import get
 from .requests import Request
 from .seeding import seed_everything
@@ -42,19 +37,8 @@ from .store import RequestCache, RunStore, shared_cache_path
 CHUNK = int(os.environ.get("FAIRBENCH_TEST_CHUNK", "64"))
 
 
-def make_progress(quiet: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        disable=quiet,
-        transient=False,
-    )
-
-
+# The request bar (kept under this name: the CLI and the API build it before the grid runs).
+make_progress = request_progress
 _progress = make_progress  # historical name
 
 
@@ -108,12 +92,30 @@ def execute(requests: list[Request], keys: list[str], store: RunStore, make_back
     t0 = time.perf_counter()
     own = progress is None
     progress = progress or make_progress(quiet)
+    bar = progress.add_task(label, total=len(items), rate="")
     if own:
         progress.start()
+    # The backend's batch loops report finished requests (Backend.report_progress), so the bar moves
+    # per batch inside a chunk; the chunk's end sets the exact count. Workers of the openai backend
+    # report from their threads, hence the lock.
+    state = {"done": 0, "ceiling": 0}
+    lock = threading.Lock()
+
+    def show(completed: int) -> None:
+        rate = completed / max(time.perf_counter() - t0, 1e-9)
+        progress.update(bar, completed=completed, rate=f"{rate:.1f} req/s")
+
+    def advance(n_done: int) -> None:
+        with lock:
+            state["done"] = min(state["ceiling"], state["done"] + n_done)
+            show(state["done"])
+
+    backend.on_progress = advance
     try:
-        bar = progress.add_task(label, total=len(items), rate="")
         for start in range(0, len(items), size):
             part = items[start : start + size]
+            with lock:
+                state["done"], state["ceiling"] = start, start + len(part)
             by_method: dict[str, list[tuple[str, Request]]] = {}
             for key, req in part:
                 by_method.setdefault(req.method, []).append((key, req))
@@ -124,10 +126,11 @@ def execute(requests: list[Request], keys: list[str], store: RunStore, make_back
             store.cache.put_many(rows)
             if shared is not None:
                 shared.put_many(rows)
-            elapsed = time.perf_counter() - t0
-            completed = start + len(part)
-            progress.update(bar, completed=completed, rate=f"{completed / max(elapsed, 1e-9):.1f} req/s")
+            with lock:
+                state["done"] = start + len(part)
+                show(state["done"])
     finally:
+        backend.on_progress = None
         if own:
             progress.stop()
     timing["inference_seconds"] = round(time.perf_counter() - t0, 3)
@@ -227,6 +230,7 @@ def run(spec: RunSpec, quiet: bool = False, pool: BackendPool | None = None, pro
             "prompt_mode": prep.mode,
             "seed": spec.seed,
             "limit": spec.limit,
+            "sample": spec.sample,
             "temperature": spec.temperature,
             "started_at": t_start,
         }
@@ -266,6 +270,7 @@ def run(spec: RunSpec, quiet: bool = False, pool: BackendPool | None = None, pro
             "kind": kind.name,
             "seed": spec.seed,
             "limit": spec.limit,
+            "sample": spec.sample,
             "model_fingerprint": fingerprint,
             **prep.run_info,
         }

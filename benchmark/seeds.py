@@ -156,6 +156,8 @@ def run_seeds(spec, n: int, quiet: bool = False) -> tuple[Path, dict]:
     name = re.sub(r"[^A-Za-z0-9._+=-]", "_", f"{spec.model}__{spec.task}__seeds{spec.seed}-{spec.seed + n - 1}")
     if spec.limit is not None:
         name += f"__limit{spec.limit}"
+    if getattr(spec, "sample", None) is not None:
+        name += f"__sample{spec.sample}"
     out = Path(spec.output_dir) / name
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "summary.json", dumps(summary))

@@ -29,7 +29,7 @@ class RunSpec:
     """Everything that names an experiment. Same spec -> same run directory -> resume.
 
     Values are validated on construction (:class:`benchmark.errors.FairbenchError`, one line):
-    ``seed`` 0..2^63-1, ``limit`` >= 1 or None, ``temperature`` finite and >= 0 or None (None: the
+    ``seed`` 0..2^63-1, ``limit`` and ``sample`` >= 1 or None (not both), ``temperature`` finite and >= 0 or None (None: the
     model entry's ``generation.temperature``)."""
 
     model: str = "smollm2-135m"  # a models.yaml name, or a backend name with ``model_args``
@@ -38,6 +38,7 @@ class RunSpec:
     prompt_mode: str | None = None
     seed: int = 0
     limit: int | None = None
+    sample: int | None = None  # a seeded random subset of N cases (data.cases.sample_cases)
     output_dir: Path = Path("runs")
     models_file: Path | None = None
     tasks_dir: Path | None = None
@@ -54,6 +55,10 @@ class RunSpec:
             raise FairbenchError(f"--seed must be a whole number from 0 to 2^63-1, got {self.seed}.")
         if self.limit is not None and (isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1):
             raise FairbenchError(f"--limit must be a positive whole number of cases, got {self.limit}.")
+        if self.sample is not None and (isinstance(self.sample, bool) or not isinstance(self.sample, int) or self.sample < 1):
+            raise FairbenchError(f"--sample must be a positive whole number of cases, got {self.sample}.")
+        if self.sample is not None and self.limit is not None:
+            raise FairbenchError("--sample and --limit both choose the cases: give one (--sample N draws N at random with --seed).")
         if self.temperature is not None:
             try:
                 t = float(self.temperature)
@@ -69,6 +74,8 @@ class RunSpec:
             parts.append(f"heldout-{heldout[:8]}")
         if self.limit is not None:
             parts.append(f"limit{self.limit}")
+        if self.sample is not None:
+            parts.append(f"sample{self.sample}")
         if self.temperature:
             parts.append(f"t{self.temperature!r}")  # shortest exact form: 0.1 and 0.10000001 differ
         return "__".join(parts)

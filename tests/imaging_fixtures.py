@@ -105,7 +105,17 @@ def eyepacs(root: Path, n_patients: int = 15, demographics: bool = True) -> Path
     return root
 
 
-def ptbxl(root: Path) -> Path:
+# The fixture plants a 5 Hz wave in one lead per diagnostic superclass a record has (a learnable,
+# lead-specific signal); MI's is lead II.
+SUPERCLASS_LEAD = {"NORM": 0, "MI": 1, "STTC": 2, "CD": 3, "HYP": 4}
+MI_LEAD = SUPERCLASS_LEAD["MI"]
+
+
+def ptbxl(root: Path, n: int = 30, rates: tuple[int, ...] = (100,)) -> Path:
+    """PTB-XL's layout (Wagner et al. 2020, Table 2): 10 s, 12-lead WFDB records under records100/
+    (filename_lr, 12 x 1000) and, with 500 in ``rates``, records500/ (filename_hr, 12 x 5000).
+    Each superclass of a record adds a 5 Hz wave to its own lead (``SUPERCLASS_LEAD``), so a model
+    can learn every label and a lead's wave is visible in that lead only."""
     import wfdb
 
     statements = pd.DataFrame(
@@ -117,31 +127,47 @@ def ptbxl(root: Path) -> Path:
     codes = ["{'NORM': 100.0, 'SR': 0.0}", "{'IMI': 50.0, 'NDT': 100.0}", "{'CLBBB': 100.0}", "{'LVH': 80.0}", "{'SR': 0.0}", "not a dict"]
     rows = []
     rng = np.random.default_rng(0)
-    for i in range(30):
+    for i in range(n):
         ecg_id = i + 1
-        rel = f"records100/00000/{ecg_id:05d}_lr"
-        (root / "records100" / "00000").mkdir(parents=True, exist_ok=True)
-        if i != 7:  # record 8 is missing on disk: skipped and counted
-            sig = rng.normal(0, 0.2, (100, 12))
-            wfdb.wrsamp(f"{ecg_id:05d}_lr", fs=100, units=["mV"] * 12, sig_name=[f"L{k}" for k in range(12)],
-                        p_signal=sig, fmt=["16"] * 12, write_dir=str(root / "records100" / "00000"))
-        rows.append({"ecg_id": ecg_id, "patient_id": float(1000 + i // 2), "age": 300.0 if i == 3 else 40.0 + i, "sex": i % 2,
-                     "scp_codes": codes[i % 4] if 16 <= i < 20 else codes[i % 6], "strat_fold": 1 + (i // 2) % 10,
-                     "filename_lr": rel, "filename_hr": rel.replace("lr", "hr")})
+        code = codes[i % 4] if 16 <= i < 20 else codes[i % 6]
+        rel = {rate: f"records{rate}/00000/{ecg_id:05d}_{'lr' if rate == 100 else 'hr'}" for rate in (100, 500)}
+        for rate in rates:
+            folder = root / f"records{rate}" / "00000"
+            folder.mkdir(parents=True, exist_ok=True)
+            if i == 7:  # record 8 is missing on disk: skipped and counted
+                continue
+            t = np.arange(10 * rate) / rate
+            sig = rng.normal(0, 0.2, (10 * rate, 12))
+            for scp, superclass in (("NORM", "NORM"), ("IMI", "MI"), ("NDT", "STTC"), ("CLBBB", "CD"), ("LVH", "HYP")):
+                if f"'{scp}'" in code:
+                    sig[:, SUPERCLASS_LEAD[superclass]] += np.sin(2 * np.pi * 5 * t)
+            wfdb.wrsamp(Path(rel[rate]).name, fs=rate, units=["mV"] * 12, sig_name=LEADS,
+                        p_signal=sig, fmt=["16"] * 12, write_dir=str(folder))
+        rows.append({"ecg_id": ecg_id, "patient_id": float(1000 + i // 2), "age": 300.0 if i == 3 else 40.0 + i % 50, "sex": i % 2,
+                     "scp_codes": code, "strat_fold": 1 + (i // 2) % 10, "filename_lr": rel[100], "filename_hr": rel[500]})
     pd.DataFrame(rows).to_csv(root / "ptbxl_database.csv", index=False)
     return root
 
 
-def ol3i(root: Path, sex_column: str = "sex") -> Path:
+LEADS = ["I", "II", "III", "AVR", "AVL", "AVF", "V1", "V2", "V3", "V4", "V5", "V6"]
+
+
+def ol3i(root: Path, sex_column: str = "sex", age_column: str = "age", sex_values=("female", "male"), stored_offset: int = 0) -> Path:
+    """OL3I's files: clinical_data.csv (anon_id, label_/set_ 1y and 5y, demographics under the given
+    column names) and l3_slices.h5 with one int16 slice per anon_id: air (-1000 HU) around a
+    soft-tissue disc (40 HU) and a bone spot (700 HU), stored as HU + ``stored_offset``."""
     import h5py
 
     sets = ["train"] * 12 + ["val"] * 4 + ["test"] * 4
-    df = pd.DataFrame({"anon_id": [f"a{i:03d}" for i in range(20)], "label_1y": [i % 3 == 0 for i in range(20)],
-                       "set_1y": sets, "label_5y": 0, "set_5y": sets, sex_column: ["F", "M"] * 10,
-                       "age_at_scan": [45 + i for i in range(20)], "bmi": 25.0})
-    df["label_1y"] = df["label_1y"].astype(int)
+    df = pd.DataFrame({"anon_id": [f"a{i:03d}" for i in range(20)], "label_1y": [int(i % 3 == 0) for i in range(20)],
+                       "set_1y": sets, "label_5y": 0, "set_5y": sets, sex_column: list(sex_values) * 10,
+                       age_column: [45 + i for i in range(20)], "bmi": 25.0})
     df.to_csv(root / "clinical_data.csv", index=False)
+    yy, xx = np.mgrid[:32, :32]
+    hu = np.full((32, 32), -1000, dtype=np.int16)
+    hu[(yy - 16) ** 2 + (xx - 16) ** 2 < 144] = 40
+    hu[16:18, 16:18] = 700
     with h5py.File(root / "l3_slices.h5", "w") as fh:
         for i in range(19):  # a019 has no slice: skipped and counted
-            fh.create_dataset(f"a{i:03d}", data=np.full((16, 16), -100 + 20 * i, dtype=np.int16))
+            fh.create_dataset(f"a{i:03d}", data=(hu + stored_offset).astype(np.int16))
     return root

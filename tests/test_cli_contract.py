@@ -112,7 +112,7 @@ def test_help_shows_real_types(command, capsys):
     assert "--help" in out
     if command == "run":
         for flag, kind in (("--limit", "int"), ("--seed", "int"), ("--temperature", "float"), ("--output-dir", "path")):
-            line = next(x for x in out.splitlines() if flag + " " in x)
+            line = next(x for x in out.splitlines() if x.lstrip("│ ").startswith(flag + " "))  # the flag's own row
             assert kind in line, line
     assert "<str>" not in out.replace("<str> ", "<str>") or command not in ("run",)
 

@@ -126,6 +126,11 @@ def test_eyepacs_with_demographics(tmp_path):
     assert f.loc[f["id"] == "11_left", "sex"].iloc[0] == "female"
 
 
+def _ptbxl_card(rate=100):
+    c = card("ptbxl")
+    return c.model_copy(update={"signal": c.signal.model_copy(update={"sampling_rate": rate})})
+
+
 def test_ptbxl(tmp_path):
     fx.ptbxl(tmp_path)
     ds = load_dataset(card("ptbxl"), tmp_path)
@@ -135,25 +140,177 @@ def test_ptbxl(tmp_path):
     assert "8" not in f.index  # missing record
     assert f.loc["2", "MI"] == 1.0 and f.loc["2", "STTC"] == 1.0 and f.loc["2", "NORM"] == 0.0
     assert f.loc["4", "age"] == 90 and any("age 300" in q for q in ds.report.quirks)
+    # PTB-XL Table 2 (Wagner et al. 2020): sex male 0, female 1
     assert f.loc["1", "sex"] == "male" and f.loc["2", "sex"] == "female"
     assert f.loc["1", "split"] == "train" and f.loc["17", "split"] == "val" and f.loc["19", "split"] == "test"
-    x = ds.read(0)
-    assert x.shape == (12, 100) and 0 <= x.min() and x.max() <= 1
+    x = ds.read(0)  # leads x samples in mV, at the declared 100 Hz for 10 s
+    assert x.shape == (12, 1000) and x.dtype == np.float32
+
+
+def _tiny_signal_backend(c, **extra):
+    from benchmark.backends.image.classifier import ClassifierBackend
+    from benchmark.config import ModelSpec
+
+    spec = ModelSpec(name="ecg-test", backend="classifier", model="scratch", device="cpu",
+                     extra={"hidden_size": 16, "num_layers": 1, "num_heads": 2, **extra})
+    return ClassifierBackend(spec, c, seed=0)
+
+
+@pytest.mark.parametrize("rate", [100, 500])
+def test_ptbxl_waveform_reaches_the_model_at_full_rate(tmp_path, rate):
+    """records100 (filename_lr) and records500 (filename_hr) arrive as (12, rate x 10 s): no resizing."""
+    import torch
+
+    fx.ptbxl(tmp_path, rates=(100, 500))
+    c = _ptbxl_card(rate)
+    ds = load_dataset(c, tmp_path)
+    assert ds.frame["source"].str.contains(f"records{rate}/").all()
+    backend = _tiny_signal_backend(c)
+    seen = []
+    backend.model.backbone.register_forward_pre_hook(lambda mod, args, kwargs: seen.append(kwargs["past_values"].shape), with_kwargs=True)
+    x, _, _ = backend._view(ds.split("train"))[0]
+    assert tuple(x.shape) == (12, 10 * rate)
+    probs = backend.probabilities([lambda i=i: ds.read(i) for i in range(3)])
+    assert probs.shape == (3, 5) and np.isfinite(probs).all()
+    assert seen == [torch.Size([3, 10 * rate, 12])]  # PatchTST's (batch, time, channels)
+
+
+def test_ptbxl_leads_are_not_mixed(tmp_path):
+    """A wave planted in lead k changes input channel k only, and only lead k's feature block."""
+    import torch
+
+    from benchmark.backends.image.inputs import to_input
+
+    fx.ptbxl(tmp_path)
+    c = card("ptbxl")
+    ds = load_dataset(c, tmp_path)
+    backend = _tiny_signal_backend(c)
+    view = backend._view(ds)
+    row = int(np.flatnonzero(ds.frame["MI"].to_numpy() == 1)[0])  # carries the planted wave in fx.MI_LEAD
+    raw = ds.read(row)
+    clean = raw.copy()
+    clean[fx.MI_LEAD] -= np.sin(2 * np.pi * 5 * np.arange(1000) / 100).astype(np.float32)
+    with_wave, without = view[row][0], to_input(clean, **backend.inputs)
+    changed = (with_wave - without).abs().amax(dim=1) > 1e-3
+    assert changed.tolist() == [k == fx.MI_LEAD for k in range(12)]
+    backend.model.eval()
+    with torch.no_grad():
+        f = backend.model.features(torch.stack([with_wave, without])).reshape(2, 12, -1)
+    moved = (f[0] - f[1]).abs().amax(dim=1) > 1e-6
+    assert moved.tolist() == [k == fx.MI_LEAD for k in range(12)]
+
+
+def test_ptbxl_rate_and_card_errors(tmp_path):
+    import wfdb
+
+    fx.ptbxl(tmp_path)
+    # record 1's filename_lr holds a 500 Hz record: a clear error, never a silent resample
+    wfdb.wrsamp("00001_lr", fs=500, units=["mV"] * 12, sig_name=fx.LEADS, p_signal=np.zeros((5000, 12)),
+                fmt=["16"] * 12, write_dir=str(tmp_path / "records100" / "00000"))
+    ds = load_dataset(card("ptbxl"), tmp_path)
+    with pytest.raises(FairbenchError, match=r"00001_lr.hea: sampled at 500.* signal.sampling_rate 100"):
+        ds.read(int(np.flatnonzero(ds.frame["id"] == "1")[0]))
+    with pytest.raises(FairbenchError, match="input_modality: signal"):
+        load_dataset(card("ptbxl", input_modality="image", signal=None), tmp_path)
+    with pytest.raises(FairbenchError, match="loader_options.sampling_rate"):
+        load_dataset(card("ptbxl", loader_options={"sampling_rate": 100}), tmp_path)
+
+
+def test_signal_task_refuses_image_only_backends():
+    from benchmark.backends.image.clip import CLIPBackend
+    from benchmark.config import ModelSpec
+    from benchmark.kinds.image.kind import ImageKind
+
+    spec = ModelSpec(name="clip", backend="clip", model="x", device="cpu")
+    with pytest.raises(FairbenchError, match="12-channel waveform"):
+        ImageKind(card("ptbxl")).check_backend(CLIPBackend, spec)
+    with pytest.raises(FairbenchError, match="backbone: patchtst"):
+        _tiny_signal_backend(card("ptbxl"), backbone="vit")
+
+
+def test_signal_task_refuses_an_image_checkpoint(tmp_path):
+    """from_pretrained on another architecture only warns; the backend must refuse, not train random weights."""
+    from transformers import ViTConfig, ViTModel
+
+    from benchmark.backends.image.classifier import build_classifier
+    from benchmark.config import ModelSpec
+
+    ViTModel(ViTConfig(image_size=16, patch_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=32)).save_pretrained(tmp_path)
+    with pytest.raises(FairbenchError, match="is a vit checkpoint.*PatchTST"):
+        build_classifier(ModelSpec(name="v", backend="classifier", model=str(tmp_path), device="cpu"), card("ptbxl"), 5)
+
+
+def test_ptbxl_tiny_patchtst_learns_through_the_run_path(tmp_path, cli):
+    """fairbench run on a synthetic PTB-XL: the model must find the MI wave planted in one lead."""
+    import json
+
+    import yaml
+
+    (tmp_path / "data").mkdir()
+    data = fx.ptbxl(tmp_path / "data", n=80)
+    tasks = tmp_path / "tasks"
+    (tasks / "ptbxl").mkdir(parents=True)
+    c = yaml.safe_load((card("ptbxl").directory / "task.yaml").read_text())
+    c["audit"].update({"n_boot": 100, "attributes": ["sex"], "min_group_size": 2})
+    (tasks / "ptbxl" / "task.yaml").write_text(yaml.safe_dump(c))
+    models = tmp_path / "models.yaml"
+    models.write_text(yaml.safe_dump({"models": {"ecg-test": {"backend": "classifier", "model": "scratch", "extra": {
+        "hidden_size": 16, "num_layers": 1, "num_heads": 2, "patch_seconds": 1.0, "epochs": 5, "lr": 0.01, "batch_size": 8}}}}))
+    out = tmp_path / "runs"
+    assert cli("run", "-m", "ecg-test", "-t", "ptbxl", "--models-file", str(models), "--tasks-dir", str(tasks),
+               "--data-dir", str(data), "-o", str(out), "-q") == 0
+    run_dir = next(out.iterdir())
+    results = json.loads((run_dir / "results.json").read_text())
+    meta = json.loads((run_dir / "model" / "meta.json").read_text())["report"]
+    assert meta["val_loss"][meta["best_epoch"] - 1] < meta["val_loss"][0]
+    assert results["metrics"]["auc"]["value"] > 0.9  # MI, the primary label, from its planted lead
+    rows = [json.loads(line) for line in (run_dir / "requests.jsonl").read_text().splitlines()]
+    assert {r["split"] for r in rows} == {"val", "test"} and all(r["method"] == "predict" for r in rows)
 
 
 def test_ol3i(tmp_path):
     fx.ol3i(tmp_path)
     ds = load_dataset(card("ol3i"), tmp_path)
+    f = ds.frame.set_index("id")
     assert len(ds) == 19 and any("no slice" in s for s in ds.report.skipped)
     assert set(ds.frame["split"]) == {"train", "val", "test"}
+    assert f.loc["a000", "sex"] == "female" and f.loc["a001", "sex"] == "male" and f.loc["a002", "age"] == 47
     x = ds.read(0)
-    assert x.shape == (16, 16) and 0 <= x.min() <= x.max() <= 1
+    # soft-tissue window (level 40, width 400 HU): air -> 0, soft tissue (40 HU) -> 0.5, bone -> 1
+    assert x.shape == (32, 32) and x[0, 0] == 0.0 and x[16, 8] == pytest.approx(0.5) and x[16, 16] == 1.0
 
 
-def test_ol3i_names_missing_demographic_column(tmp_path):
-    fx.ol3i(tmp_path, sex_column="gender")
-    with pytest.raises(FairbenchError, match=r"missing column\(s\) sex.*sex_column"):
+def test_ol3i_unknown_columns_name_what_the_file_has(tmp_path):
+    """No guessed default: columns the card does not name stop the load with one line listing the file's columns."""
+    fx.ol3i(tmp_path, sex_column="gender", age_column="age_at_scan")
+    with pytest.raises(FairbenchError) as err:
         load_dataset(card("ol3i"), tmp_path)
+    msg = str(err.value)
+    assert "\n" not in msg and "gender" in msg and "age_at_scan" in msg and "loader_options.sex_column" in msg
+    assert "loader_options.age_column" in msg
+    unset = card("ol3i", loader_options={"horizon": "1y", "patient_column": "anon_id"})
+    with pytest.raises(FairbenchError, match=r"sex_column unset.*age_column unset.*has columns anon_id"):
+        load_dataset(unset, tmp_path)
+    named = card("ol3i", loader_options={"sex_column": "gender", "age_column": "age_at_scan"})
+    ds = load_dataset(named, tmp_path)
+    assert set(ds.frame["sex"]) == {"female", "male"} and ds.frame["age"].between(45, 64).all()
+
+
+def test_ol3i_numeric_sex_codes_are_not_guessed(tmp_path):
+    fx.ol3i(tmp_path, sex_values=(0, 1))
+    with pytest.raises(FairbenchError, match=r"'sex'.*holds 0, 1, not female/male"):
+        load_dataset(card("ol3i"), tmp_path)
+
+
+def test_ol3i_pixels_must_be_hounsfield_units(tmp_path):
+    fx.ol3i(tmp_path, stored_offset=1024)  # raw CT numbers: air stored as 24
+    with pytest.raises(FairbenchError, match=r"slice 'a000' spans 24\.\.1724 .*loader_options.hu_offset"):
+        load_dataset(card("ol3i"), tmp_path)
+    c = card("ol3i")
+    ds = load_dataset(c.model_copy(update={"loader_options": {**c.loader_options, "hu_offset": -1024}}), tmp_path)
+    x = ds.read(0)
+    assert x[0, 0] == 0.0 and x[16, 8] == pytest.approx(0.5)
 
 
 def test_missing_data_dir_is_a_clear_error():

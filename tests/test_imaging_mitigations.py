@@ -104,11 +104,19 @@ def test_fairness_loss_combines_terms():
 
 def test_balanced_indices_cap_and_duplicates():
     strata = np.array(["a"] * 10 + ["b"] * 4 + ["c"] * 2 + ["d"] * 8 + ["unknown"] * 3, dtype=object)
-    idx, dup, info = balanced_indices(strata, seed=0, max_ratio=1.5)
+    idx, dup, info = balanced_indices(strata, seed=0, max_ratio=1.5, max_duplication=10)
     # median of (10, 4, 2, 8) = 6 -> target min(10, 1.5 * 6) = 9
     assert info["target"] == 9
     after = {s: int((strata[idx] == s).sum()) for s in "abcd"}
     assert after == {"a": 10, "b": 9, "c": 9, "d": 9}
+    # The declared duplication cap (paper: mild oversampling <= 1.3x): a stratum grows to at most
+    # floor(1.3 x its size), so the 2-row stratum is not repeated 4.5 times over.
+    idx, dup, info = balanced_indices(strata, seed=0, max_ratio=1.5)
+    after = {s: int((strata[idx] == s).sum()) for s in "abcd"}
+    assert after == {"a": 10, "b": 5, "c": 2, "d": 9}
+    assert info["max_duplication"] == 1.3 and info["strata"]["c"]["capped"] and not info["strata"]["d"]["capped"]
+    # how batches are balanced: uniform shuffle, so the expected share of a batch is n_after / N
+    assert info["strata"]["b"]["batch_share"] == pytest.approx(5 / len(idx), abs=1e-6) and len(idx) == 10 + 5 + 2 + 9 + 3
     assert (strata[idx] == "unknown").sum() == 3  # kept, never oversampled
     assert dup.sum() == len(idx) - len(strata) and not dup[: len(strata)].any()
     assert np.array_equal(idx, balanced_indices(strata, seed=0)[0])  # seeded
@@ -185,19 +193,48 @@ def test_threshold_postprocess_fits_on_validation_and_sets_decisions(tmp_path):
     assert any("post-processing" in n for n in info["notes"])
 
 
-def test_adversarial_reweighting_balanced_recipe_trains(tmp_path):
-    from benchmark.backends.image.recipe import MitigatedClassifierBackend
+def test_adversarial_reweighting_balanced_recipe_trains(tmp_path, monkeypatch):
+    import benchmark.backends.image.recipe as recipe_mod
+    from benchmark.backends.image.recipe import MitigatedClassifierBackend, codes
 
     card = _tiny_card()
     ds = load_synth_xray(card, None, LoadReport())
     recipe = {"adversary": {"attribute": "sex"}, "sample_weight": "group_label", "balanced": True,
               "lora": {"r": 4, "alpha": 8}}
+    seen = {}
+    real = recipe_mod.train_classifier
+
+    def spy(model, train, val, cfg, **kw):  # the real loop, with its inputs and the adversary kept for checks
+        seen.update(kw)
+        seen["extra_before"] = [p.detach().clone() for p in kw["extra_parameters"] or []]
+        return real(model, train, val, cfg, **kw)
+
+    monkeypatch.setattr(recipe_mod, "train_classifier", spy)
     b = MitigatedClassifierBackend(_tiny_spec(recipe), card, seed=0)
-    rep = b.fit(ds.split("train"), ds.split("val"), tmp_path)
+    train = ds.split("train")
+    rep = b.fit(train, ds.split("val"), tmp_path)
     assert rep["balanced"]["target"] > 0 and np.isfinite(rep["train_loss"]).all()
     names = [n for n, p in b.model.named_parameters() if p.requires_grad]
     assert any("lora_" in n for n in names) and not any(n.endswith("q_proj.base_layer.weight") for n in names)
     assert (tmp_path / "model" / "model.safetensors").is_file()
+
+    # The weights reach the loss: inverse (sex x lesion) frequency of the train split, in the balanced order.
+    # synth-xray plants lesion rates 0.25 (female) vs 0.45 (male), so female positives are the rarest cell
+    # and get the largest weight; uniform weights (reweighting dropped) fail this.
+    w = np.asarray(seen["sample_weight"])
+    g, cats = codes(train.frame["sex"])
+    y = train.frame["lesion"].to_numpy(float)
+    full = group_label_weights(g, y)
+    assert len(w) >= len(full) and np.isin(np.round(w, 9), np.round(np.unique(full), 9)).all()  # rows of `full`, rebalanced
+    f, m = cats.index("female"), cats.index("male")
+    assert full[(g == f) & (y == 1)].mean() > full[(g == m) & (y == 0)].mean() * 1.5
+    assert w.std() > 0.1
+    # The adversary is trained: its head's parameters received gradient and moved (dropping the
+    # adversary or its loss leaves them without gradient, and AdamW skips them).
+    extra = seen["extra_parameters"]
+    assert extra and seen["loss_hook"] is not None
+    assert all(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in extra)
+    assert all(not torch.equal(p.detach(), before) for p, before in zip(extra, seen["extra_before"]))
 
 
 def test_mitigate_registers_recipe_models_and_rejects_text_base(tmp_path, monkeypatch):
@@ -222,14 +259,169 @@ def test_mitigate_registers_recipe_models_and_rejects_text_base(tmp_path, monkey
         FairMedVLM().apply(text, data, FairMedVLMConfig(), Context(tmp_path, 0, None))
 
 
+def _fairmed_spec(art, suffix, name="vit-t+fm"):
+    """The registered derived model ``suffix`` as a ModelSpec (what `fairbench run` would load)."""
+    return ModelSpec(name=name, model="scratch", **art.models[suffix])
+
+
+def test_mitigate_trains_the_registered_fairmed_recipe(tmp_path):
+    """The registered fairmed-vlm entry, trained for real: Stage 1 has no fairness terms, Stage 2
+    has them, the checkpoint is a Stage-2 epoch, and the weights differ from the same recipe
+    without its FairMed part (so the recipe was applied)."""
+    from benchmark.backends.image.recipe import MitigatedClassifierBackend
+    from benchmark.mitigations.base import Context, ImagingTaskData
+    from benchmark.mitigations.fairmed_vlm import FairMedVLM, FairMedVLMConfig
+
+    card = _tiny_card()
+    ds = load_synth_xray(card, None, LoadReport())
+    data = ImagingTaskData(card, ds.split("train"), ds.split("val"))
+    cfg = FairMedVLMConfig(epochs=2, lora={"r": 4, "alpha": 8}, ablations=[])
+    art = FairMedVLM().apply(_tiny_spec(), data, cfg, Context(tmp_path, 0, None))
+    spec = _fairmed_spec(art, "fairmed-vlm")
+    b = MitigatedClassifierBackend(spec, card, seed=0)
+    rep = b.fit(ds.split("train"), ds.split("val"), tmp_path / "full")
+    terms = rep["fairmed_terms"]
+    assert terms["supcon"][0] is None and terms["dist"][0] is None  # Stage 1: regulariser off
+    assert terms["supcon"][1] is not None and terms["dist"][1] > 0 and terms["concept"][0] > 0
+    assert rep["selection"] == {"criterion": "stage2-val-loss", "eligible_epochs": [2, 2], "epoch": 2, "stage": 2}
+    assert rep["balanced"]["target"] > 0 and any("lora_" in n for n, _ in b.model.named_parameters())
+    plain = dict(spec.extra["recipe"], fairmed=None)
+    erm = MitigatedClassifierBackend(spec.model_copy(update={"extra": {**spec.extra, "recipe": plain}}), card, seed=0)
+    erm.fit(ds.split("train"), ds.split("val"), tmp_path / "plain")
+    assert not torch.allclose(b.model.head.weight, erm.model.head.weight)
+
+
+def test_fairmed_selection_is_restricted_to_stage2_epochs(tmp_path):
+    """train_classifier with select_from=2 never returns epoch 1, even when epoch 1 has the lowest
+    validation loss (here later epochs ascend the BCE on purpose)."""
+    from benchmark.backends.image.classifier import build_classifier
+    from benchmark.backends.image.inputs import TensorView
+    from benchmark.backends.image.train import TrainConfig, base_loss, train_classifier
+
+    card = _tiny_card()
+    ds = load_synth_xray(card, None, LoadReport())
+    spec = _tiny_spec()
+
+    def fit(select_from):
+        model, inputs = build_classifier(spec, card, 1)
+        view = lambda d: TensorView(d, inputs["size"], inputs["channels"], inputs["mean"], inputs["std"])
+        state = {"epoch": 0}
+        # From epoch 2 on, ascend the task loss: validation loss gets worse after epoch 1.
+        hook = lambda b: -20.0 * base_loss(b.logits, b.targets, False).mean() if state["epoch"] >= 1 else b.logits.sum() * 0
+        progress = lambda e, tl, vl: state.update(epoch=e)
+        cfg = TrainConfig(epochs=3, lr=1e-2, batch_size=32, select_from=select_from)
+        return train_classifier(model, view(ds.split("train")), view(ds.split("val")), cfg, multiclass=False,
+                                loss_hook=hook, progress=progress)
+
+    rep = fit(select_from=2)
+    assert rep.val_loss[0] < min(rep.val_loss[1:])  # epoch 1 would win on validation loss alone
+    assert rep.best_epoch == 1 + int(np.argmin(rep.val_loss[1:])) + 1 >= 2
+    assert fit(select_from=1).best_epoch == 1
+
+
+def test_fairmed_demographic_prompt_is_an_input_token_in_training_only(tmp_path, monkeypatch):
+    """Paper 001 Sec. 3.3: the demographic prefix is prepended to the model's input (one extra ViT
+    token after [CLS]) during training only; the concept targets are the plain concept texts; the
+    no-demo-prompts ablation adds no token."""
+    import benchmark.backends.image.recipe as recipe_mod
+    from benchmark.backends.image.recipe import MitigatedClassifierBackend
+
+    card = _tiny_card()
+    ds = load_synth_xray(card, None, LoadReport())
+    embedded: list[str] = []
+    real = recipe_mod.embed_texts
+
+    def recording(texts, device="cpu"):
+        embedded.extend(texts)
+        return real(texts, device)
+
+    monkeypatch.setattr(recipe_mod, "embed_texts", recording)
+
+    def train(demographic_prompts):
+        embedded.clear()
+        recipe = {"method": "fairmed-vlm", "balanced": True, "epochs": 2,
+                  "fairmed": {"demographic_prompts": demographic_prompts}}
+        b = MitigatedClassifierBackend(_tiny_spec(recipe), card, seed=0)
+        lengths = {True: set(), False: set()}
+        layer = b.model.backbone.encoder.layer[0] if hasattr(b.model.backbone, "encoder") else b.model.backbone.layers[0]
+        layer.register_forward_hook(lambda m, i, o: lengths[m.training].add(i[0].shape[1]))
+        b.fit(ds.split("train"), ds.split("val"), tmp_path / str(demographic_prompts))
+        b.probabilities([lambda i=i: ds.split("test").read(i) for i in range(4)])
+        return lengths, list(embedded)
+
+    n_tokens = 1 + (16 // 8) ** 2  # [CLS] + patches
+    lengths, texts = train(True)
+    assert lengths == {True: {n_tokens + 1}, False: {n_tokens}}  # prefix token in training, never at validation / inference
+    prompts = [t for t in texts if t.startswith("Patient:")]
+    assert any(t.startswith("Patient: Female, Age group: ") for t in prompts) and len(prompts) >= 2
+    assert all(not t.startswith("Patient:") for t in recipe_mod.concept_texts(card))
+    assert [t for t in texts if not t.startswith("Patient:")] == recipe_mod.concept_texts(card)  # plain concept targets
+    lengths, texts = train(False)
+    assert lengths == {True: {n_tokens}, False: {n_tokens}} and not any(t.startswith("Patient:") for t in texts)
+
+
+def _flatten(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def test_fairmed_ablations_differ_from_the_full_method_only_in_the_ablated_part(tmp_path):
+    from benchmark.mitigations.base import Context, ImagingTaskData
+    from benchmark.mitigations.fairmed_vlm import FairMedVLM, FairMedVLMConfig
+
+    card = _tiny_card()
+    ds = load_synth_xray(card, None, LoadReport())
+    data = ImagingTaskData(card, ds.split("train"), ds.split("val"))
+    art = FairMedVLM().apply(_tiny_spec(), data, FairMedVLMConfig(epochs=3), Context(tmp_path, 0, None))
+    resolved = {k: _flatten(v["extra"]["recipe"]) for k, v in art.models.items()}  # after Recipe validation + defaults
+    full = resolved.pop("fairmed-vlm")
+    expected = {"fairmed-vlm-no-demo-prompts": {"fairmed.demographic_prompts"}, "fairmed-vlm-no-fairness": {"fairmed.fairness"},
+                "fairmed-vlm-no-balanced": {"balanced"}, "fairmed-vlm-no-contrastive": {"fairmed.eta1"}}
+    assert set(resolved) == set(expected)
+    for name, r in resolved.items():
+        assert set(r) == set(full), name
+        diff = {k for k in full if k != "method" and r[k] != full[k]}
+        assert diff == expected[name], name
+
+
 # ----- FairMed-VLM on a tiny random LLaVA -----
+
+def _supcon_reference(z, y, g, tau, margin):
+    """Paper 001's L_supcon written out with loops (independent of losses.py): positives share the
+    label and differ in group; negatives have another label and cosine similarity > margin; mean
+    over anchors with a positive."""
+    z = torch.nn.functional.normalize(z.double(), dim=-1)
+    n, per_anchor = len(z), []
+    for i in range(n):
+        pos = [p for p in range(n) if p != i and y[p] == y[i] and g[p] != g[i]]
+        if not pos:
+            continue
+        neg = [a for a in range(n) if y[a] != y[i] and float(z[i] @ z[a]) > margin]
+        terms = []
+        for p in pos:
+            sp = math.exp(float(z[i] @ z[p]) / tau)
+            terms.append(-math.log(sp / (sp + sum(math.exp(float(z[i] @ z[a]) / tau) for a in neg))))
+        per_anchor.append(sum(terms) / len(terms))
+    return sum(per_anchor) / len(per_anchor)
+
 
 def test_fairmed_vlm_one_training_step_on_tiny_llava():
     from peft import get_peft_model
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
-    from benchmark.mitigations.fairmed_llava import VLMBatch, concept_embeddings, llava_lora_config, train_step
     from benchmark.backends.image.recipe import FairMed
+    from benchmark.mitigations.fairmed_llava import (
+        VLMBatch,
+        concept_embeddings,
+        llava_lora_config,
+        pooled_image_embedding,
+        train_step,
+    )
 
     torch.manual_seed(0)
     vision = CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=16, patch_size=8)
@@ -237,47 +429,126 @@ def test_fairmed_vlm_one_training_step_on_tiny_llava():
     model = LlavaForConditionalGeneration(LlavaConfig(vision_config=vision, text_config=text, image_token_index=60))
     model = get_peft_model(model, llava_lora_config(r=32, alpha=64))
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
-    assert trainable and all("language_model" in n and "lora_" in n for n in trainable)
+    # LoRA on the language model and on the projector; nothing in the vision tower
+    assert trainable and all("lora_" in n and ("language_model" in n or "multi_modal_projector" in n) for n in trainable)
+    assert any("multi_modal_projector" in n for n in trainable) and not any("vision_tower" in n for n in trainable)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
 
     n_img = (16 // 8) ** 2  # 4 image tokens (CLS dropped by the default feature strategy)
     B = 6
     prompt = [1] + [60] * n_img + [5, 6, 7]
-    ids = torch.tensor([prompt + [10 + (i % 2), 2] for i in range(B)])
+    ys = [0, 1, 1, 0, 1, 0]  # chosen so that some anchors' only hard negatives fall below the margin
+    ids = torch.tensor([prompt + [10 + ys[i], 2] for i in range(B)])
     labels = torch.full_like(ids, -100)
     labels[:, len(prompt):] = ids[:, len(prompt):]
     batch = VLMBatch(
         input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=torch.randn(B, 3, 16, 16), labels=labels,
-        y=torch.tensor([i % 2 for i in range(B)]), strata=torch.tensor([0, 0, 1, 1, 2, 2]),
+        y=torch.tensor(ys), strata=torch.tensor([0, 0, 1, 1, 2, 2]),
         attributes=torch.tensor([[0, 0], [0, 0], [1, 0], [1, 0], [0, 1], [0, 1]]),
     )
     concepts = concept_embeddings(model, torch.tensor([[20, 21, 22], [23, 24, 25]]), torch.ones(2, 3, dtype=torch.long))
     assert concepts.shape == (2, 16)
+    fm = FairMed()  # the paper's margin 0.3, tau 0.07: the hard-negative filter is on
+    model.train()
+    with torch.no_grad():
+        z, _ = pooled_image_embedding(model, batch)  # the representation the fairness terms act on
+    zn = torch.nn.functional.normalize(z, dim=-1)
+    cross = (zn @ zn.T)[batch.y[:, None] != batch.y[None, :]]
+    assert (cross > fm.margin).any() and (cross <= fm.margin).any()  # the margin keeps some negatives, drops others
+    y, g = batch.y.tolist(), batch.strata.tolist()
+    filtered = _supcon_reference(z, y, g, fm.tau, fm.margin)
+    unfiltered = _supcon_reference(z, y, g, fm.tau, -2.0)
+    assert abs(filtered - unfiltered) > 1e-2  # so the check below fails if the filter were removed
+
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    parts = train_step(model, opt, batch, concepts, FairMed(margin=-1.0), stage2=True)
+    parts = train_step(model, opt, batch, concepts, fm, stage2=True)
     assert all(math.isfinite(v) for v in parts.values()) and {"qa", "concept", "supcon", "dist"} <= set(parts)
+    assert parts["supcon"] == pytest.approx(filtered, rel=1e-4)  # on the pooled image embedding, margin applied
+    assert parts["dist"] == pytest.approx(float(moment_alignment(zn, batch.y, batch.attributes)), rel=1e-4)
     changed = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
     assert changed and changed <= set(trainable)  # the vision tower and base weights stay frozen
+    assert any("multi_modal_projector" in n for n in changed)
 
 
 # ----- FairTune on a tiny ViT -----
 
-def test_fairtune_search_saves_mask_and_lr(tmp_path):
-    from benchmark.mitigations.base import Context
-    from benchmark.mitigations.fairtune import FairTune, FairTuneConfig
-    from benchmark.mitigations.base import ImagingTaskData
+def test_fairtune_search_saves_mask_and_lr(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
 
+    from benchmark.backends.image.recipe import MitigatedClassifierBackend
+    from benchmark.mitigations.base import Context, ImagingTaskData
+    from benchmark.mitigations.fairtune import FairTune, FairTuneConfig
+
+    monkeypatch.setenv("FAIRBENCH_CACHE", str(tmp_path / "cache"))
     card = _tiny_card(n=200)
     ds = load_synth_xray(card, None, LoadReport())
     data = ImagingTaskData(card, ds.split("train"), ds.split("val"))
-    cfg = FairTuneConfig(n_trials=3, search_epochs=1, lr_min=1e-3, lr_max=1e-2)
-    art = FairTune().apply(_tiny_spec(), data, cfg, Context(tmp_path, 0, None))
-    saved = json.loads((tmp_path / "fairtune.json").read_text())
+    cfg = FairTuneConfig(n_trials=3, search_epochs=1, pretrain={"n": 120, "epochs": 1, "split_seed": 7})
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+    art = FairTune().apply(_tiny_spec(), data, cfg, Context(tmp_path / "a", 0, None))
+    saved = json.loads((tmp_path / "a" / "fairtune.json").read_text())
     assert len(saved["trials"]) == 3 and saved["split"] == "validation" and saved["direction"] == "maximize"
     assert saved["best_value"] == max(t["value"] for t in saved["trials"])
     recipe = art.models["fairtune"]["extra"]["recipe"]
-    assert 1e-3 <= recipe["lr"] <= 1e-2 and recipe["lr"] == saved["lr"]
-    assert len(recipe["mask"]["attention"]) == len(recipe["mask"]["mlp"]) == len(recipe["mask"]["norm"]) == 2
+    assert 1e-5 <= recipe["lr"] <= 1e-3 and recipe["lr"] == saved["lr"]  # the official log-uniform range
+    mask = recipe["mask"]
+    assert len(mask["attention"]) == len(mask["mlp"]) == len(mask["norm"]) == 2 and mask == saved["mask"]
+    # The search started from a pre-trained backbone, cached and recorded by path and SHA-256.
+    init = recipe["init"]
+    assert init["sha256"] == saved["pretrain"]["sha256"] and saved["pretrain"]["reused"] is False
+    pre = load_file(init["backbone"])
+    # The control: same weights and learning rate, every parameter trained.
+    control = art.models["fairtune-fullft"]["extra"]["recipe"]
+    assert control["init"] == init and control["lr"] == recipe["lr"] and "mask" not in control
+
+    # The run trains with the mask: frozen backbone tensors stay bit-identical to the pre-trained ones,
+    # the unfrozen ones move. Ignoring the mask (or the init) fails this.
+    bits = mask["attention"] + mask["mlp"] + mask["norm"]
+    assert any(bits) and not all(bits)  # this seeded search chose a genuine subset
+    b = MitigatedClassifierBackend(_tiny_spec(recipe), _tiny_card(n=200), seed=1)
+    b.fit(ds.split("train"), ds.split("val"), tmp_path / "run")
+    from benchmark.backends.image.recipe import Mask, mask_predicate
+
+    trainable = mask_predicate(Mask(**mask))
+    tuned = b.model.backbone.state_dict()
+    frozen = [k for k in pre if not trainable("backbone." + k)]
+    moved = [k for k in pre if trainable("backbone." + k)]
+    assert frozen and moved
+    assert all(torch.equal(tuned[k], pre[k]) for k in frozen)
+    assert all(not torch.equal(tuned[k], pre[k]) for k in moved)
+    # A second search with the same pre-training settings reuses the cached backbone.
+    FairTune().apply(_tiny_spec(), data, cfg.model_copy(update={"n_trials": 1}), Context(tmp_path / "b", 0, None))
+    again = json.loads((tmp_path / "b" / "fairtune.json").read_text())["pretrain"]
+    assert again["reused"] is True and again["sha256"] == init["sha256"]
+
+
+def test_fairtune_init_checks_the_weights(tmp_path):
+    from safetensors.torch import save_file
+
+    from benchmark.backends.image.classifier import build_classifier
+    from benchmark.backends.image.recipe import Init, load_init
+    from benchmark.errors import FairbenchError
+
+    model, _ = build_classifier(_tiny_spec(), _tiny_card(), 1)
+    path = tmp_path / "w.safetensors"
+    save_file({k: torch.zeros_like(v) for k, v in model.backbone.state_dict().items()}, str(path))
+    with pytest.raises(FairbenchError, match="SHA-256"):
+        load_init(model, Init(backbone=str(path), sha256="0" * 64))
+    import hashlib
+
+    load_init(model, Init(backbone=str(path), sha256=hashlib.sha256(path.read_bytes()).hexdigest()))
+    assert all(float(v.abs().sum()) == 0 for v in model.backbone.state_dict().values())
+    # The pretext images must not be the task's own: another generator seed, and no sex signal.
+    from benchmark.data.image.synth import generate, pretext
+
+    card = _tiny_card(n=60)
+    with pytest.raises(FairbenchError, match="split_seed"):
+        pretext(card, card.split_seed, 60)
+    images, targets = pretext(card, 7, 60)
+    task_images = generate(card)[1]
+    assert images.shape == task_images.shape and not np.allclose(images, task_images)
+    assert targets.shape == (60, 2) and np.isnan(targets[targets[:, 0] == 0, 1]).all()
 
 
 # ----- the multi-seed leaderboard -----
@@ -322,3 +593,62 @@ def test_seeds_leaderboard_paired_against_reference(tmp_path, cli):
     assert df.loc["erm+fix", "dp_gap_ci_high"] == pytest.approx(np.mean(a) + half, abs=1e-5)
     md = out.with_suffix(".md").read_text()
     assert "`erm+fix`" in md and "tradeoff.png" in md and (tmp_path / "lb" / "mitigation-imaging.tradeoff.png").is_file()
+
+
+# ----- the imaging board's cards -----
+
+def test_synth_balanced_card_gives_a_perfect_classifier_no_dp_gap():
+    """synth-xray plants lesion base rates 0.25 vs 0.45 by sex, so a perfect classifier's dp_gap is ~0.20
+    there; synth-xray-balanced plants equal rates, so its dp_gap is ~0 and eod is 0 on both."""
+    from benchmark.audits.group import gap_metrics
+    from benchmark.backends.image.recipe import codes
+    from benchmark.cards import load_task
+    from benchmark.data.image.synth import generate
+
+    gaps = {}
+    for name in ("synth-xray", "synth-xray-balanced"):
+        card = load_task(name)
+        frame, _ = generate(card)
+        y = frame["lesion"].to_numpy(float)
+        g, _ = codes(frame["sex"])
+        gaps[name] = gap_metrics(y, y, y, g, 2, 10, False)  # scores = decisions = the truth
+    assert gaps["synth-xray"]["dp_gap"] == pytest.approx(0.20, abs=0.05)
+    assert gaps["synth-xray-balanced"]["dp_gap"] == pytest.approx(0.0, abs=0.04)
+    assert gaps["synth-xray"]["eod"] == gaps["synth-xray-balanced"]["eod"] == 0.0
+    bal = load_task("synth-xray-balanced")
+    assert bal.loader_options["lesion_contrast"] == load_task("synth-xray").loader_options["lesion_contrast"]
+
+
+def test_erm_lora_control_uses_the_lora_methods_adapter(tmp_path, monkeypatch):
+    """`erm-lora` is ERM through the very adapter the LoRA methods use: no fairness term, no balancing,
+    no weights -- so a LoRA method's difference from it is its fairness machinery."""
+    from benchmark.mitigations.base import Context, ImagingTaskData
+    from benchmark.mitigations.baselines import ErmLora, ErmLoraConfig
+    from benchmark.mitigations.fairmed_vlm import FairMedVLM, FairMedVLMConfig
+    from benchmark.registry import names
+
+    card = _tiny_card()
+    ds = load_synth_xray(card, None, LoadReport())
+    data = ImagingTaskData(card, ds.split("train"), ds.split("val"))
+    (tmp_path / "c").mkdir()
+    (tmp_path / "f").mkdir()
+    control = ErmLora().apply(_tiny_spec(), data, ErmLoraConfig(), Context(tmp_path / "c", 0, None)).models["erm-lora"]["extra"]["recipe"]
+    full = FairMedVLM().apply(_tiny_spec(), data, FairMedVLMConfig(), Context(tmp_path / "f", 0, None)).models["fairmed-vlm"]["extra"]["recipe"]
+    assert control["lora"] == full["lora"] and control.get("epochs") == full.get("epochs") and control.get("lr") == full.get("lr")
+    assert not control.get("balanced") and "fairmed" not in control and "adversary" not in control and "sample_weight" not in control
+    assert "erm-lora" in names("mitigations") and "init" not in control  # the base's own init unless asked
+    # With `pretrain`, it starts from the cached pretext backbone (as a LoRA method given the same weights would).
+    import hashlib
+
+    monkeypatch.setenv("FAIRBENCH_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "p").mkdir()
+    cfg = ErmLoraConfig(pretrain={"n": 60, "epochs": 1, "split_seed": 7})
+    pre = ErmLora().apply(_tiny_spec(), data, cfg, Context(tmp_path / "p", 0, None)).models["erm-lora"]["extra"]["recipe"]["init"]
+    with open(pre["backbone"], "rb") as f:
+        assert hashlib.sha256(f.read()).hexdigest() == pre["sha256"]
+    # fairmed-vlm given the same `pretrain` starts from the very same cached bytes, in every ablation
+    # (the like-for-like pairing of the board's LoRA rows).
+    (tmp_path / "fp").mkdir()
+    fm = FairMedVLM().apply(_tiny_spec(), data, FairMedVLMConfig(pretrain={"n": 60, "epochs": 1, "split_seed": 7}),
+                            Context(tmp_path / "fp", 0, None)).models
+    assert {m["extra"]["recipe"]["init"]["sha256"] for m in fm.values()} == {pre["sha256"]}

@@ -154,3 +154,65 @@ def test_vlm_run_end_to_end_and_bad_spec(tmp_path, tiny_llava, cli):
     assert cli("run", "-m", "bad-llava", *args) == 2  # one-line error, no traceback
     # an imaging model on a text task is a one-line error too
     assert cli("run", "-m", "tiny-llava", "-t", "qpain-demo", "--models-file", str(models), "-o", str(out), "-q") == 2
+
+
+def test_fairmed_vlm_mitigates_a_llava_end_to_end(tmp_path, tiny_llava, cli):
+    """`fairbench mitigate --method fairmed-vlm --model <LLaVA>`: LoRA on the language model and
+    projector, fairness terms on the pooled image embedding, Stage-2 selection recorded, the
+    adapter merged into a saved model that `fairbench run` audits like any vlm model."""
+    import yaml
+    from safetensors.torch import load_file
+
+    models = tmp_path / "models.yaml"
+    models.write_text(yaml.safe_dump({"models": {"tiny-llava": {"backend": "vlm", "model": str(tiny_llava), "device": "cpu"}}}))
+    tasks = tmp_path / "tasks"
+    (tasks / "synth-mini").mkdir(parents=True)
+    raw = yaml.safe_load((load_task("synth-xray").directory / "task.yaml").read_text())
+    raw.update({"name": "synth-mini"})
+    raw["loader_options"]["n"] = 60
+    raw["audit"].update({"n_boot": 100, "attributes": ["sex"], "min_group_size": 2})
+    (tasks / "synth-mini" / "task.yaml").write_text(yaml.safe_dump(raw))
+    config = tmp_path / "fairmed.yaml"
+    config.write_text(yaml.safe_dump({"epochs": 2, "lr": 0.01, "vlm_batch_size": 8, "lora": {"r": 4, "alpha": 8},
+                                      "ablations": []}))  # ablations share the loop; the classifier tests cover them
+    out = tmp_path / "artifact"
+    common = ["--models-file", str(models), "--tasks-dir", str(tasks), "-q"]
+    assert cli("mitigate", "--method", "fairmed-vlm", "-m", "tiny-llava", "-t", "synth-mini", "--config", str(config),
+               "-o", str(out), *common) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["derived_models"] == ["tiny-llava+fairmed-vlm"]
+    art = manifest["artifact"]
+    assert art["selection"]["fairmed-vlm"] == {"criterion": "stage2-val-loss", "eligible_epochs": [2, 2], "epoch": 2, "stage": 2}
+    rep = art["training"]["fairmed-vlm"]["report"]
+    assert rep["terms"]["supcon"][0] is None and rep["terms"]["dist"][1] is not None and rep["terms"]["concept"][0] > 0
+    assert rep["demographic_prompts"] and rep["lora_targets"]
+    # merged weights: the projector and the language model's attention moved; the vision tower and embeddings did not
+    base_w, new_w = load_file(str(tiny_llava / "model.safetensors")), load_file(str(out / "fairmed-vlm" / "model.safetensors"))
+    assert set(base_w) == set(new_w)  # a plain LLaVA checkpoint (LoRA merged, no adapter keys)
+    moved = {k for k in base_w if not torch.equal(base_w[k], new_w[k])}
+    assert any("multi_modal_projector" in k for k in moved) and any("q_proj" in k and "language_model" in k for k in moved)
+    assert not any("vision_tower" in k or "embed_tokens" in k for k in moved)
+    # audited by the ordinary run path
+    runs = tmp_path / "runs"
+    assert cli("run", "-m", "tiny-llava+fairmed-vlm", "-t", "synth-mini", "-o", str(runs), "--limit", "12", *common) == 0
+    results = json.loads((next(runs.iterdir()) / "results.json").read_text())
+    assert results["n_invalid"] == 0 and results["metrics"]["auc"]["value"] is not None
+
+
+def test_fairmed_vlm_demographic_prompt_prefixes_the_training_question_only(tiny_llava, card):
+    from benchmark.backends.image.recipe import FairMed
+    from benchmark.mitigations.fairmed_llava import _Batcher
+
+    ds = limit_dataset(load_dataset(card, None), 8).split("train")
+    backend = _backend(tiny_llava, card)
+    batcher = _Batcher(backend, card, ds, FairMed())
+    rows = list(range(min(3, len(ds))))
+    train = batcher.build(rows, [False] * len(rows), True, 0, rows)
+    plain = batcher.build(rows, [False] * len(rows), False, 0, rows)
+    decode = lambda b: [backend.tokenizer.decode(r[m.bool()]) for r, m in zip(b.input_ids, b.attention_mask)]
+    for i, (t, p) in zip(rows, zip(decode(train), decode(plain))):
+        sex = ds.frame["sex"].iloc[i].capitalize()
+        assert f"Patient: {sex}, Age group: {ds.frame['age_group'].iloc[i]}. {card.vlm.question}" in t
+        assert "Patient:" not in p and card.vlm.question in p
+        assert t.endswith(("Yes", "No")) and p.endswith(("Yes", "No"))  # the answer follows the prompt
+    assert torch.equal(train.labels[train.labels != -100], plain.labels[plain.labels != -100])

@@ -244,6 +244,27 @@ def test_leaderboard_never_loses_a_row_silently(tiny_run, tmp_path, capsys):
     assert len(df) == 1 and df.loc[0, "run_id"] == "seed" and df.loc[0, "seed"] == 5
 
 
+def test_a_sampled_run_never_replaces_a_full_run_silently(tiny_run, tmp_path, capsys):
+    """A --sample N run (N cases drawn with the seed) counts as N cases: newer but smaller, it is dropped
+    beside a full run and labelled "sample N"; a full run replaces a sampled one."""
+    full = _copy(tiny_run, tmp_path / "full")
+    sampled = _copy(tiny_run, tmp_path / "sampled")
+    _edit_results(full, finished_at=1000.0, limit=None)
+    _edit_results(sampled, finished_at=2000.0, limit=None, sample=2)
+    out = tmp_path / "lb" / "s"
+    assert main(["leaderboard", str(full), str(sampled), "-o", str(out), "--no-plots"]) == 0
+    dropped = [line for line in capsys.readouterr().err.splitlines() if line.startswith("dropped as duplicate")]
+    assert len(dropped) == 1 and "run sampled" in dropped[0] and "sample 2" in dropped[0]
+    assert pd.read_csv(out.with_name("s.csv")).loc[0, "run_id"] == "full"
+    out2 = tmp_path / "lb" / "t"
+    assert main(["leaderboard", str(sampled), "-o", str(out2), "--no-plots"]) == 0
+    df = pd.read_csv(out2.with_name("t.csv"))
+    assert df.loc[0, "sample"] == 2 and "| sample 2 |" in out2.with_name("t.md").read_text()
+    _edit_results(full, finished_at=3000.0)
+    assert main(["leaderboard", str(full), "-o", str(out2), "--no-plots"]) == 0
+    assert "replaced" in capsys.readouterr().err and pd.read_csv(out2.with_name("t.csv")).loc[0, "run_id"] == "full"
+
+
 def _add_question(run_dir: Path, qid: str, flip: float) -> None:
     """A second question without a reference answer (as treatment and triage have): a copy of the
     primary question's audit with another flip rate and no accuracy."""
@@ -284,3 +305,68 @@ def test_text_utility_is_not_looked_up_by_question_id():
     results = {"metrics": {"question": "agreement", "agreement": {"value": 3.0}}, "audits": {"counterfactual": {"questions": {}}}}
     text_entry(row, results)
     assert row["utility_metric"] == "" and row["utility"] is None
+
+
+# ----- fairbench leaderboard --reference: paired Δ of derived rows against the base -----
+
+@pytest.fixture(scope="module")
+def tiny_run_all(tmp_path_factory, tiny_llama_dir) -> Path:
+    """One real run of the tiny model on all 12 demo cases (96 requests): a paired test needs cases."""
+    root = tmp_path_factory.mktemp("lbrun12")
+    models = root / "models.yaml"
+    models.write_text(f"models:\n  tiny:\n    backend: hf\n    model: {tiny_llama_dir}\n    chat_template: true\n")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FAIRBENCH_CACHE", str(tmp_path_factory.getbasetemp() / "fairbench-cache"))
+        assert main(["run", "--model", "tiny", "-o", str(root / "runs"), "--models-file", str(models), "-q"]) == 0
+    return next((root / "runs").iterdir())
+
+
+def test_leaderboard_reference_deltas_flag_a_planted_difference_and_say_ns_otherwise(tiny_run_all, tiny_run, tmp_path):
+    from statsmodels.stats.multitest import multipletests
+
+    from benchmark.boards.check import versus_reference
+
+    runs = tmp_path / "runs"
+    base = _copy(tiny_run_all, runs / "base")
+    planted = _copy(tiny_run_all, runs / "planted")
+    same = _copy(tiny_run_all, runs / "same")
+    _set_logprobs(base, _fair)
+    _set_logprobs(planted, _biased)  # Black patients refused: every case flips, accuracy falls
+    _set_logprobs(same, _fair)  # the same answers as the base: no difference
+    _edit_results(base, model="tiny")
+    _edit_results(planted, model="tiny+planted", base_model="tiny")
+    _edit_results(same, model="tiny+same", base_model="tiny")
+    out = tmp_path / "lb" / "mit"
+    assert main(["leaderboard", str(base), str(planted), str(same), "-o", str(out), "--no-plots", "--reference", "tiny"]) == 0
+    df = pd.read_csv(out.with_name("mit.csv")).set_index("model")
+    assert df.loc["tiny", ["cf_flip_rate_delta", "accuracy_delta"]].isna().all()  # the reference has no Δ
+    p = df.loc["tiny+planted"]
+    assert p["cf_flip_rate_delta"] == pytest.approx(1.0) and p["dp_gap_delta"] == pytest.approx(1.0)
+    assert p["accuracy_delta"] < 0 and p["accuracy_delta_ci_high"] < 0
+    assert p["cf_flip_rate_delta_significant"] and p["dp_gap_delta_significant"] and p["accuracy_delta_significant"]
+    s = df.loc["tiny+same"]
+    for m in ("accuracy", "cf_flip_rate", "cf_mean_abs_delta", "dp_gap"):
+        assert s[f"{m}_delta"] == 0 and not s[f"{m}_delta_significant"] and s[f"{m}_delta_p_adjusted"] == 1.0
+    # Holm over the row's tested metrics (all four here), as statsmodels computes it.
+    comps = [c for c in versus_reference(base, planted).comparisons if c.p_value is not None]
+    assert len(comps) == 4
+    adjusted = multipletests([c.p_value for c in comps], method="holm")[1]
+    smallest = min(comps, key=lambda c: c.p_value)
+    assert p[f"{smallest.metric}_delta_p_adjusted"] == pytest.approx(4 * smallest.p_value, rel=1e-5)  # family of 4
+    for c, adj in zip(comps, adjusted):
+        assert p[f"{c.metric}_delta_p_adjusted"] == pytest.approx(adj, rel=1e-5)
+    md = out.with_name("mit.md").read_text()
+    assert "Paired differences against `tiny`" in md and "n.s." in md and "worse" in md
+    planted_line = next(line for line in md.splitlines() if line.startswith("| tiny+planted |"))
+    same_line = next(line for line in md.splitlines() if line.startswith("| tiny+same |"))
+    assert "worse" in planted_line and planted_line.count("n.s.") <= 1 and same_line.count("n.s.") == 4
+    # A board without the reference row refuses --reference with one line.
+    assert main(["leaderboard", str(same), "-o", str(tmp_path / "lb" / "x"), "--no-plots", "--reference", "nope"]) == 2
+    # On 4 cases even a difference in every case cannot be significant: the bootstrap p is floored at
+    # 2 / 2^4, the smallest p an exact paired test on 4 cases gives (the bootstrap alone said 0.001).
+    few = tmp_path / "few"
+    b4, p4 = _copy(tiny_run, few / "b4"), _copy(tiny_run, few / "p4")
+    _set_logprobs(b4, _fair)
+    _set_logprobs(p4, _biased)
+    flip = next(c for c in versus_reference(b4, p4).comparisons if c.metric == "cf_flip_rate")
+    assert flip.diff == 1.0 and flip.p_value == pytest.approx(2 / 2**4) and not flip.significant

@@ -34,7 +34,7 @@ def _gaps(y, pred, g):
     return dp, eo
 
 
-@pytest.mark.parametrize("fit", [G.ideal_all_subgroups, G.ideal_affirmative])
+@pytest.mark.parametrize("fit", [G.ideal_all_subgroups, lambda gs: G.ideal_affirmative(gs, "a")])
 def test_steering_makes_bayes_classifier_fair(fit):
     x, y, g, _ = _synthetic()
     gs = G.estimate(x, y, g)
@@ -84,19 +84,60 @@ def test_kl_matches_univariate_closed_form_and_is_optimal():
         assert best.x[0] == pytest.approx(ideal.mean[c][0], abs=1e-3)
         assert np.exp(best.x[1]) == pytest.approx(ideal.cov[c][0, 0], rel=1e-3)
     # Affirmative: the advantaged group does not move, so only the other group's KL counts.
-    aff = G.ideal_affirmative(gs)
+    aff = G.ideal_affirmative(gs, "b")
     other = [a for a in gs.groups if a != aff.advantaged][0]
     closed = sum(gs.prior[c][other] * G.kl_univariate(gs.mean[c][aff.advantaged][0], gs.cov[c][aff.advantaged][0, 0],
                                                       gs.mean[c][other][0], gs.cov[c][other][0, 0]) for c in (0, 1))
     assert aff.objective == pytest.approx(closed, rel=1e-9)
 
 
-def test_baselines_remove_group_information():
+def test_baselines_remove_group_information_with_the_probe_as_at_test_time():
+    """At test time the hook does not know the group: the Gaussian probe's posterior weighs each
+    group's map. Where the representation encodes the group (a third coordinate, as an LLM's does for
+    a race word), the probe-gated maps still give every group the same mean (and MiMiC the same
+    covariance); LEACE has a single map and needs no probe."""
     rng = np.random.default_rng(2)
     g = np.repeat(np.array(["a", "b"]), 5000)
     x = np.concatenate([rng.normal([0, 0], [1, 1], (5000, 2)), rng.normal([2, -1], [0.5, 2], (5000, 2))])
+    x = np.concatenate([x, np.where(g == "a", 0.0, 12.0)[:, None] + rng.normal(0, 1, (len(x), 1))], axis=1)
+    before = np.abs(x[g == "a"].mean(0) - x[g == "b"].mean(0)).max()
     for make in (G.mean_matching, G.mimic, G.leace):
-        out = make(x, g)(x, labels=None if make is G.leace else list(g))
-        assert np.allclose(out[g == "a"].mean(0), out[g == "b"].mean(0), atol=0.1), make.__name__
-    out = G.mimic(x, g)(x, labels=list(g))
-    assert np.allclose(np.cov(out[g == "a"].T), np.cov(out[g == "b"].T), atol=0.15)
+        t = make(x, g)
+        if make is not G.leace:  # the probe is what the hook uses: its groups match the truth here
+            labels = np.array([c.label for c in t.components])[t.log_posterior(x).argmax(1)]
+            assert (labels == g).mean() > 0.99
+        out = t(x)  # no labels: probe-gated, as the installed hook computes it
+        gap = np.abs(out[g == "a"].mean(0) - out[g == "b"].mean(0)).max()
+        assert gap < 0.02 * before, (make.__name__, gap, before)
+    out = G.mimic(x, g)(x)
+    assert np.allclose(np.cov(out[g == "a"].T), np.cov(out[g == "b"].T), atol=0.15 * np.abs(np.cov(x.T)).max() ** 0.5)
+
+
+def test_favoured_group_is_chosen_from_the_data_and_ties_refuse():
+    """With one class (every Q-Pain mitigation case is "Yes") the affirmative target must come from the
+    data (the base model's mean P(positive) per group), not from the alphabet."""
+    assert G.favoured_group({"race=Asian": 0.31, "race=White": 0.44, "race=Black": 0.40}) == "race=White"
+    with pytest.raises(ValueError, match="same mean"):
+        G.favoured_group({"race=Asian": 0.4, "race=White": 0.4})
+
+
+def test_grouping_falls_back_to_one_attribute_when_cells_are_thin():
+    from benchmark.errors import FairbenchError
+    from benchmark.mitigations.steering import choose_grouping
+    from benchmark.requests import Request
+
+    def reqs(n_per_cell):
+        out = []
+        for race in ("Asian", "Black", "White"):
+            for gender in ("man", "woman"):
+                out += [Request("c", "q", {"race": race, "gender": gender}, "", ["Yes", "No"], "choice")] * n_per_cell
+        return out
+
+    r = reqs(8)  # 8 per race x gender cell, 16 per race, 24 per gender
+    y = np.array(["Yes"] * len(r))
+    assert choose_grouping(r, y, ["race", "gender"], 8)["used"] == ["race", "gender"]
+    chosen = choose_grouping(r, y, ["race", "gender"], 20)
+    assert chosen["used"] == ["gender"] and chosen["smallest_cell"] == 24 and "8 samples" in chosen["fallback"]
+    assert choose_grouping(r, y, ["race", "gender"], 16)["used"] == ["gender"]  # the larger smallest cell wins
+    with pytest.raises(FairbenchError, match="min_cell_size 30"):
+        choose_grouping(r, y, ["race", "gender"], 30)

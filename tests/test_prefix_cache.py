@@ -75,3 +75,31 @@ def test_generation_equal_unshared(tiny_llama_dir):
     want = plain.generate(reqs)
     assert [g.raw_output for g in got] == [w.raw_output for w in want]
     assert all(g.raw_output for g in got)
+
+
+def test_no_deprecated_cache_argument(tiny_llama_dir):
+    """Scoring (shared prefix, multi-token options) and generation use transformers' supported cache
+    argument: no FutureWarning and no `past_key_values` deprecation log (removal announced for 5.40)."""
+    import logging
+    import warnings
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    hf_root = logging.getLogger("transformers")  # propagate=False: caplog would not see it
+    old_level = hf_root.level
+    hf_root.addHandler(handler)
+    hf_root.setLevel(logging.WARNING)
+    logging.Logger.warning_once.cache_clear()  # transformers logs the deprecation once per process
+    b = _backend(tiny_llama_dir)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            b.score_choices(_requests())
+            assert b._prefix_memo is not None  # the shared-prefix path ran
+            b.score_choices(_requests(options=("Yes", "No", "Low High")))  # multi-token options
+            b.generate(_requests(method="generate")[:2])
+    finally:
+        hf_root.removeHandler(handler)
+        hf_root.setLevel(old_level)
+    assert not [r.getMessage() for r in records if "deprecated" in r.getMessage()]

@@ -114,3 +114,39 @@ def test_leaderboard_html_writes_the_report_of_a_seeds_board(tmp_path, capsys):
     html = out.with_suffix(".html")
     assert html.is_file() and str(html) in capsys.readouterr().out
     assert "erm+fix" in html.read_text()
+
+
+def test_rows_are_paired_against_their_like_for_like_control(tmp_path):
+    """`--control GLOB=MODEL`: a LoRA method is tested against ERM + LoRA (same adapter), the control against
+    ERM; Holm runs over exactly the metrics shown; a non-significant difference is labelled n.s."""
+    import numpy as np
+    from scipy import stats as sps
+    from statsmodels.stats.multitest import multipletests
+
+    erm = _fake_seeds(tmp_path, "erm", [(0.70, 0.30), (0.72, 0.28), (0.71, 0.33), (0.69, 0.31), (0.73, 0.29)])
+    lora = _fake_seeds(tmp_path, "erm+lora", [(0.80, 0.20), (0.81, 0.22), (0.79, 0.21), (0.80, 0.19), (0.82, 0.23)])
+    fair = _fake_seeds(tmp_path, "erm+fair-lora", [(0.85, 0.21), (0.86, 0.20), (0.84, 0.22), (0.86, 0.20), (0.87, 0.22)])
+    import json
+
+    for i, d in enumerate(sorted(tmp_path.glob("*__seed[0-9]*"))):  # a metric the board does not show: outside the Holm family
+        r = json.loads((d / "results.json").read_text())
+        r["metrics"]["ece_gap"] = {"value": 0.01 * (i * i % 7) + (0.05 if "fair" in d.name else 0.0)}
+        (d / "results.json").write_text(json.dumps(r))
+    out = tmp_path / "lb" / "board"
+    assert main(["leaderboard", str(erm), str(lora), str(fair), "-o", str(out), "--reference", "erm",
+                 "--control", "*fair-lora=erm+lora", "--control", "*+tune=erm+tune-fullft", "--no-plots"]) == 0  # no +tune row: ignored
+    df = pd.read_csv(out.with_suffix(".csv")).set_index("model")
+    assert list(df.index) == ["erm", "erm+lora", "erm+fair-lora"]
+    assert df.loc["erm+fair-lora", "reference"] == "erm+lora" and df.loc["erm+lora", "reference"] == "erm"
+    fair_dp, lora_dp = [0.21, 0.20, 0.22, 0.20, 0.22], [0.20, 0.22, 0.21, 0.19, 0.23]
+    assert df.loc["erm+fair-lora", "dp_gap_diff"] == pytest.approx(np.mean(fair_dp) - np.mean(lora_dp), abs=1e-6)
+    assert df.loc["erm+fair-lora", "dp_gap_p"] == pytest.approx(sps.ttest_rel(fair_dp, lora_dp).pvalue, rel=1e-4)
+    raw = [df.loc["erm+fair-lora", f"{m}_p"] for m in seeds.METRICS if np.isfinite(df.loc["erm+fair-lora", f"{m}_p"])]
+    holm = [df.loc["erm+fair-lora", f"{m}_p_holm"] for m in seeds.METRICS if np.isfinite(df.loc["erm+fair-lora", f"{m}_p"])]
+    assert holm == pytest.approx(list(multipletests(raw, method="holm")[1]), rel=1e-6)
+    md = out.with_suffix(".md").read_text()
+    line = next(x for x in md.splitlines() if x.startswith("| `erm+fair-lora`"))
+    assert "| `erm+lora` |" in line and "n.s." in line and "↑" in line  # dp_gap not significant, AUC higher
+    assert seeds.METRICS[:3] == ["eod", "auc_gap", "underdiag_gap"] and seeds.METRICS[-1] == "dp_gap"
+    assert main(["leaderboard", str(erm), str(fair), "-o", str(out), "--reference", "erm", "--control", "nonsense"]) == 2
+    assert main(["leaderboard", str(erm), str(fair), "-o", str(out), "--reference", "erm", "--control", "*fair-lora=erm+lora"]) == 2

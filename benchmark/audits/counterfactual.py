@@ -8,6 +8,9 @@ Definitions (stable metric names):
 - ``cf_mean_abs_delta``: mean over cases of the mean |outcome(variant) - outcome(reference variant)|,
   the reference variant being every attribute at its declared reference value.
 - ``cf_spread``: mean over cases of max - min outcome across variants.
+- ``paired_accuracy`` (questions with a reference answer, see ``Question.paired_accuracy``): per
+  attribute the accuracy of each group, the paired difference against the reference value with its
+  interval, and McNemar / Cochran's Q on correctness (invalid answers count as wrong).
 - per attribute: group means of the outcome and decision rate, ``dp_gap`` (max - min decision rate),
   ``outcome_gap`` (max - min mean outcome), the worst group (lowest mean outcome), and paired tests
   over blocks = (case, values of the other attributes).
@@ -274,6 +277,8 @@ class CounterfactualAudit:
             correct = df["correct"].where(df["valid"], False).astype(float)
             per_case = df.assign(_c=correct).groupby("case_id")["_c"]
             out["accuracy"] = self._ci_prop(per_case.mean().to_numpy(float), per_case.size().to_numpy(float))
+            if self.card.audits_accuracy(qid):
+                out["paired_accuracy"] = self._paired_accuracy(df, qid)
         if question.kind == "categorical":
             out.update(self._categorical(df, qid))
             return out
@@ -303,6 +308,50 @@ class CounterfactualAudit:
                 decisions = valid.groupby("case_id")["decision"].agg(lambda s: float(s.nunique() > 1) if len(s) > 1 else np.nan)
                 out["cf_flip_rate"] = self._ci_prop(decisions.to_numpy(float))
         out["attributes"] = attributes
+        return out
+
+    # ----- accuracy of paired variants (questions with a reference answer) -----
+    def _paired_accuracy(self, df: pd.DataFrame, qid: str) -> dict:
+        """Per attribute: the accuracy of each group (clustered Wilson interval), the paired
+        difference accuracy(value) - accuracy(reference) over blocks = (case, other attributes), and a
+        paired test on correctness (exact McNemar for two values, Cochran's Q for more), which joins
+        the multiple-testing family. With one block per case (e.g. DiversityMedQA's male/female pair)
+        the difference gets Newcombe's hybrid score interval (stats.paired_proportion_difference) and
+        the discordant counts; with several blocks per case a case-resampling bootstrap interval.
+        An invalid answer counts as wrong (its group's ``n_invalid`` says how many), never dropped;
+        rows whose reference answer is no option are left out (the run warns)."""
+        scored = df.assign(_c=df["correct"].where(df["valid"], False).astype(float))
+        scored = scored[scored["_c"].notna()]
+        out: dict = {}
+        for attr in self.attrs:
+            spec = self.card.counterfactual.attributes[attr]
+            values = spec.values
+            groups = {}
+            for value in values:
+                g = scored[scored[attr] == value]
+                per_case = g.groupby("case_id")["_c"]
+                groups[value] = {"accuracy": self._ci_prop(per_case.mean().to_numpy(float), per_case.size().to_numpy(float)),
+                                 "n_rows": int(len(g)), "n_invalid": int((~g["valid"]).sum())}
+            others = [a for a in self.attrs if a != attr]
+            pivot = (scored.pivot_table(index=["case_id", *others], columns=attr, values="_c", aggfunc="mean")
+                     .reindex(columns=values).dropna())
+            one_block_per_case = bool(pivot.index.get_level_values("case_id").is_unique)
+            deltas = {}
+            for value in values:
+                if value == spec.reference:
+                    continue
+                if one_block_per_case:
+                    x, y = pivot[value].to_numpy() > 0.5, pivot[spec.reference].to_numpy() > 0.5
+                    table = [[int(np.sum(x & y)), int(np.sum(x & ~y))], [int(np.sum(~x & y)), int(np.sum(~x & ~y))]]
+                    d, lo, hi = stats.paired_proportion_difference(table)
+                    deltas[value] = stats.estimate(d, lo, hi, len(pivot), ci_method="newcombe_hybrid_score",
+                                                   n_only_value_correct=table[0][1], n_only_reference_correct=table[1][0])
+                else:
+                    diff = (pivot[value] - pivot[spec.reference]).groupby(level="case_id").mean().to_numpy(float)
+                    deltas[value] = {**self._ci_mean(diff, qid, attr, value, "accuracy_delta"), "ci_method": "case_bootstrap"}
+            test = stats.paired_decision_test(pivot.to_numpy(float), f"{qid}/{attr}/correct")
+            self.tests.append(test)
+            out[attr] = {"reference": spec.reference, "groups": groups, "delta_vs_reference": deltas, "tests": [test]}
         return out
 
     # ----- multiple choice with per-case options -----
@@ -404,7 +453,7 @@ class CounterfactualAudit:
         for est, test in self._gap_tests:
             est["p_adjusted"] = stats.num(test.p_adjusted)
         for qres in questions.values():
-            for ares in qres.get("attributes", {}).values():
+            for ares in (*qres.get("attributes", {}).values(), *qres.get("paired_accuracy", {}).values()):
                 ares["tests"] = [t.as_dict() for t in ares["tests"]]
         invalid_by_group = {
             a: {str(v): stats.num((~g["valid"]).mean()) for v, g in df.groupby(a)} for a in self.attrs

@@ -351,3 +351,84 @@ def correction_summary(tests: list[TestResult], method: str, alpha: float) -> di
         "n_tests": sum(t.applicable for t in tests),
         "not_applicable": [{"test": t.name, "target": t.target, "reason": t.note} for t in tests if not t.applicable],
     }
+
+
+def paired_proportion_difference(table) -> tuple[float, float | None, float | None]:
+    """Difference p1 - p2 of two paired proportions with Newcombe's hybrid score 95% interval.
+
+    ``table``: 2x2 counts of pairs [[both 1, 1 then 0], [0 then 1, both 0]] (statsmodels' McNemar
+    layout), so p1 = (a + b) / n and p2 = (a + c) / n. Newcombe (1998), "Improved confidence intervals
+    for the difference between binomial proportions based on paired data", Stat Med 17:2635, method 10:
+    the Wilson limits (l, u) of each proportion combined with the phi correlation of the pairs,
+    L = d - sqrt((p1 - l1)^2 - 2 phi (p1 - l1)(u2 - p2) + (u2 - p2)^2), U likewise; phi uses
+    Newcombe's correction max(ad - bc - n/2, 0) when ad > bc, and is 0 when a margin is empty. Recommended by Fagerland, Lydersen & Laake (2014, Stat Med 33:2850) and valid at
+    the edges (no discordant pair gives a non-degenerate interval). Written by hand because
+    statsmodels offers it only for independent samples (``confint_proportions_2indep``).
+    Returns (difference, low, high); (nan, None, None) without pairs."""
+    (a, b), (c, d) = np.asarray(table, dtype=float)
+    n = a + b + c + d
+    if n == 0:
+        return float("nan"), None, None
+    p1, p2 = (a + b) / n, (a + c) / n
+    l1, u1 = proportion_confint(a + b, n, alpha=1 - CONFIDENCE, method="wilson")
+    l2, u2 = proportion_confint(a + c, n, alpha=1 - CONFIDENCE, method="wilson")
+    margins = (a + b) * (c + d) * (a + c) * (b + d)
+    # Newcombe's corrected phi: with ad > bc, max(ad - bc - n/2, 0) in the numerator, which keeps the
+    # interval from collapsing when there are no or few discordant pairs.
+    cross = a * d - b * c
+    if cross > 0:
+        cross = max(cross - n / 2, 0.0)
+    phi = cross / math.sqrt(margins) if margins > 0 else 0.0
+    diff = p1 - p2
+    low = diff - math.sqrt(max(0.0, (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2))
+    high = diff + math.sqrt(max(0.0, (u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2))
+    return diff, max(-1.0, low), min(1.0, high)
+
+
+def mcnemar_exact_power(n: int, p10: float, p01: float, alpha: float = 0.05) -> float:
+    """Power of the two-sided exact McNemar test (statsmodels ``mcnemar(exact=True)``: a binomial test
+    of b among the m = b + c discordant pairs) for ``n`` pairs whose discordant cells have
+    probabilities ``p10`` and ``p01``. Exact: m ~ Binomial(n, p10 + p01) and, given m,
+    b ~ Binomial(m, p10 / (p10 + p01)); the rejection region of each m is the one the test uses
+    (two-sided p = min(1, 2 P(X <= min(b, c))) under Binomial(m, 1/2)). Computed with scipy.stats."""
+    psi = p10 + p01
+    if psi <= 0:
+        return 0.0
+    share = p10 / psi
+    power = 0.0
+    for m in range(1, n + 1):
+        w = sps.binom.pmf(m, n, psi)
+        if w < 1e-15:
+            continue
+        ks = np.arange(m + 1)
+        pvals = np.minimum(1.0, 2 * sps.binom.cdf(np.minimum(ks, m - ks), m, 0.5))
+        power += w * float(sps.binom.pmf(ks[pvals <= alpha], m, share).sum())
+    return float(power)
+
+
+def mcnemar_detectable_difference(n: int, discordance: float, alpha: float = 0.05, power: float = 0.80) -> dict:
+    """The smallest paired difference |p10 - p01| (e.g. an accuracy gap between the two variants of
+    the same question) that the exact McNemar test detects with ``power`` at two-sided ``alpha``,
+    for ``n`` pairs of which a share ``discordance`` = p10 + p01 is discordant (assumed fixed).
+
+    ``connor``: the normal approximation of Connor (1987), Biometrics 43:207,
+    n = (z_{1-a/2} sqrt(psi) + z_{power} sqrt(psi - delta^2))^2 / delta^2, solved for delta (scipy
+    ``brentq``); ``exact``: the smallest delta (bisection to 1e-4) whose exact power
+    (:func:`mcnemar_exact_power`) reaches ``power``."""
+    from scipy.optimize import brentq
+
+    psi = float(discordance)
+    za, zb = sps.norm.ppf(1 - alpha / 2), sps.norm.ppf(power)
+
+    def needed(delta):
+        return (za * math.sqrt(psi) + zb * math.sqrt(max(psi - delta * delta, 0.0))) ** 2 / delta ** 2 - n
+
+    connor = brentq(needed, 1e-6, psi) if needed(psi) < 0 else float("nan")
+    exact = float("nan")
+    if mcnemar_exact_power(n, psi, 0.0, alpha) >= power:
+        lo, hi = 0.0, psi  # exact power grows with delta at fixed psi: bisect to 1e-4
+        while hi - lo > 1e-4:
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if mcnemar_exact_power(n, (psi + mid) / 2, (psi - mid) / 2, alpha) >= power else (mid, hi)
+        exact = hi
+    return {"n": n, "discordance": psi, "alpha": alpha, "power": power, "connor": connor, "exact": exact}

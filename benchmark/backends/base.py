@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 
 from ..config import ModelSpec
@@ -37,13 +38,12 @@ def path_identity(path: str | None, revision: str | None = None) -> str | None:
     if not path:
         return None
     if path.startswith("pkg:"):
-        import importlib.util
+        from ..packages import resolve_pkg_path
 
-        package, _, rest = path[4:].partition("/")
-        found = importlib.util.find_spec(package)
-        if found is None or not found.submodule_search_locations:
+        try:
+            path = str(resolve_pkg_path(path, "?", "path"))
+        except FairbenchError:
             return f"pkg:{path[4:]}(missing)"
-        path = str(Path(list(found.submodule_search_locations)[0]) / rest)
     local = Path(os.path.expanduser(path))
     if local.is_file():
         return "file:" + sha256_file(local)
@@ -52,6 +52,13 @@ def path_identity(path: str | None, revision: str | None = None) -> str | None:
     if _local(path):
         return f"missing:{path}"
     return f"hub:{path}@{revision or 'main'}"
+
+
+def gguf_path(spec: ModelSpec) -> Path | None:
+    """The GGUF file of a model entry (``model`` directory + ``gguf_file``), or None."""
+    if not spec.gguf_file:
+        return None
+    return Path(os.path.expanduser(spec.resolved_model_path())) / spec.gguf_file
 
 
 def package_version(name: str) -> str | None:
@@ -89,6 +96,10 @@ class Backend(ABC):
     methods: frozenset[str] = frozenset({"choice", "generate"})
     accepts_images = False  # reads ImagePart content of requests (VLMs, image classifiers)
     trains = False  # True: ``fit`` runs first; outputs depend on the run seed and the training data
+    # Set by the engine around each call: receives the number of requests just answered. Backends
+    # call ``report_progress`` from their own batch loops, so progress moves within a call without
+    # changing how requests are batched (a different batching changes float outputs).
+    on_progress: Callable[[int], None] | None = None
 
     def __init__(self, spec: ModelSpec, card=None, seed: int = 0, quiet: bool = True):
         self.spec = spec
@@ -105,6 +116,13 @@ class Backend(ABC):
     @classmethod
     def check(cls, spec: ModelSpec) -> None:
         """Raise FairbenchError early when the spec cannot work (missing path ...)."""
+
+    @classmethod
+    def scores_continuations(cls, spec: ModelSpec) -> bool:
+        """Whether ``score_choices`` returns, for an option of several tokens, the exact sum of the
+        log-probabilities of all its tokens (needed by option-text scoring); False for backends that
+        read only an option's first token."""
+        return "choice" in cls.methods
 
     def fit(self, train, val, workdir: Path) -> dict:
         """Train on the task's training split, selecting on validation (only when ``trains``).
@@ -126,6 +144,12 @@ class Backend(ABC):
         """One Result per request with ``probs`` (one per request option: per label for binary and
         multilabel tasks, per class for multiclass) and optionally ``decisions``."""
         self._unsupported("predict")
+
+    def report_progress(self, n_done: int) -> None:
+        """``n_done`` more requests of the current call are answered (call after each batch; may be
+        called from worker threads)."""
+        if self.on_progress is not None and n_done > 0:
+            self.on_progress(n_done)
 
     def answer(self, method: str, requests: list[Request]) -> list[Result]:
         """Dispatch a batch of same-method requests."""

@@ -15,7 +15,7 @@ def score_options_after_context(model, context_out, context_mask: torch.Tensor, 
     """
     device = context_mask.device
     first = torch.log_softmax(context_out.logits[0, -1].float(), dim=-1)
-    cache = context_out.past_key_values
+    cache = context_out.cache
     k, n_ctx = len(options), context_mask.shape[1]
     cache.batch_repeat_interleave(k)
     width = max(len(o) for o in options)
@@ -26,6 +26,6 @@ def score_options_after_context(model, context_out, context_mask: torch.Tensor, 
         cont_mask[j, : len(o)] = 1
     mask = torch.cat([context_mask.expand(k, -1), cont_mask], dim=1)
     positions = torch.arange(n_ctx, n_ctx + width, device=device).expand(k, -1)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache).logits
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache).logits
     logp = torch.log_softmax(logits.float(), dim=-1)
     return [float(first[o[0]]) + sum(float(logp[j, t - 1, o[t]]) for t in range(1, len(o))) for j, o in enumerate(options)]

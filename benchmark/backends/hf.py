@@ -26,7 +26,7 @@ from ..errors import FairbenchError
 from ..hashing import sha256_file, sha256_tree
 from ..paths import cache_dir
 from ..requests import Request, Result
-from .base import MODEL_FILES, Backend, common_settings, package_version, path_identity, settings_digest
+from .base import MODEL_FILES, Backend, common_settings, gguf_path, package_version, path_identity, settings_digest
 from .continuations import score_options_after_context
 
 log = logging.getLogger(__name__)
@@ -53,12 +53,6 @@ def common_prefix_len(seqs: list[list[int]]) -> int:
 
 def _is_local(model: str) -> bool:
     return model.startswith((".", "/", "~")) or os.path.exists(os.path.expanduser(model))
-
-
-def gguf_path(spec: ModelSpec) -> Path | None:
-    if not spec.gguf_file:
-        return None
-    return Path(os.path.expanduser(spec.resolved_model_path())) / spec.gguf_file
 
 
 class HFBackend(Backend):
@@ -246,7 +240,7 @@ class HFBackend(Backend):
             mask = torch.cat([torch.ones((len(seqs), n_prefix), dtype=mask.dtype, device=mask.device), mask], dim=1)
             out = self.model(
                 input_ids=ids, attention_mask=mask, position_ids=positions + n_prefix,
-                past_key_values=self._expand_cache(prefix, len(seqs)), logits_to_keep=1, use_cache=True,
+                cache=self._expand_cache(prefix, len(seqs)), logits_to_keep=1, use_cache=True,
             )
         return torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
 
@@ -267,7 +261,7 @@ class HFBackend(Backend):
         if self._prefix_memo is not None and self._prefix_memo[0] == key:
             return self._prefix_memo[1]
         out = self.model(input_ids=torch.tensor([prefix], device=self.device), use_cache=True, logits_to_keep=1)
-        layers = getattr(out.past_key_values, "layers", None)
+        layers = getattr(out.cache, "layers", None)
         if not layers or any(type(layer) is not DynamicLayer for layer in layers):
             return None
         kv = [(layer.keys, layer.values) for layer in layers]
@@ -306,10 +300,12 @@ class HFBackend(Backend):
                 lps = [float(logprobs[row, o[0]]) for o in option_ids[i]]
                 results[i] = Result(lps, None, rendered[i], len(prompt_ids[i]), per)
             pos += size
+            self.report_progress(len(batch))
         for i in multi:
             t0 = time.perf_counter()
             lps = self._score_multi(prompt_ids[i], option_ids[i])
             results[i] = Result(lps, None, rendered[i], len(prompt_ids[i]), time.perf_counter() - t0)
+            self.report_progress(1)
         return results  # type: ignore[return-value]
 
     @torch.inference_mode()
@@ -331,7 +327,7 @@ class HFBackend(Backend):
             input_ids = torch.tensor([ids], device=self.device)
             kwargs = {"max_new_tokens": r.max_new_tokens, "pad_token_id": self.tokenizer.pad_token_id}
             if prefix is not None:  # the shared prefix's KV cache; generate computes only the rest
-                kwargs["past_key_values"] = self._expand_cache(prefix, 1)
+                kwargs["cache"] = self._expand_cache(prefix, 1)
             if r.temperature > 0:
                 # Seed per request from its content: the sample does not depend on run order.
                 torch.manual_seed(int(r.key(f"seed{r.seed}")[:15], 16))
@@ -342,4 +338,5 @@ class HFBackend(Backend):
             out = self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs)
             raw = self.tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True)
             results.append(Result(None, raw, text, len(ids), time.perf_counter() - t0))
+            self.report_progress(1)
         return results

@@ -21,8 +21,7 @@ from ..errors import FairbenchError
 from ..hashing import sha256_file
 from ..requests import Request, Result
 from . import prompting
-from .base import Backend, common_settings, package_version, settings_digest
-from .hf import gguf_path
+from .base import Backend, common_settings, gguf_path, package_version, settings_digest
 
 
 def _import_llama_cpp():
@@ -195,6 +194,7 @@ class LlamaCppBackend(Backend):
                     self.llm.n_tokens = len(ctx)  # rewind: the next option starts after the prompt
                 scores.append(total)
             results[i] = Result(scores, None, rendered[i], len(ctx), time.perf_counter() - t0)
+            self.report_progress(1)
         return results  # type: ignore[return-value]
 
     def generate(self, requests: list[Request]) -> list[Result]:
@@ -215,6 +215,7 @@ class LlamaCppBackend(Backend):
             self.llm.n_tokens = 0  # create_completion leaves its own state; start scoring afresh
             raw = out["choices"][0]["text"]
             results.append(Result(None, raw, text, len(ids), time.perf_counter() - t0))
+            self.report_progress(1)
         return results
 
     def close(self) -> None:

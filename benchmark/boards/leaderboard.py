@@ -40,6 +40,11 @@ DEFAULT_SORT = "cf_mean_abs_delta"
 # Sort fallback for a row that lacks the --sort-by metric (an imaging row on a board sorted by a text metric).
 KIND_SORT = {"text": "cf_mean_abs_delta", "imaging": "dp_gap"}
 EST_COLS = ["value", "ci_low", "ci_high"]
+# Paired differences against a reference row (``--reference MODEL`` on text runs; boards.check.reference_deltas).
+DELTA_METRICS = ["accuracy"] + FAIRNESS_METRICS
+HIGHER_IS_BETTER = {"accuracy": True, **{m: False for m in FAIRNESS_METRICS}}
+DELTA_COLUMNS = (["delta_reference", "delta_reference_run_id", "delta_method"]
+                 + [f"{m}_delta{s}" for m in DELTA_METRICS for s in ("", "_ci_low", "_ci_high", "_p_adjusted", "_significant")])
 COLUMNS = (
     KEY
     + ["kind", "base_model", "question", "utility_metric", "utility", "utility_ci_low", "utility_ci_high"]
@@ -49,7 +54,9 @@ COLUMNS = (
     + [f"{m}{s}" for m in IMAGING_ESTIMATES for s in ("", "_ci_low", "_ci_high")]
     + ["attribute"]
     + ["n_cases", "n_requests", "n_invalid", "invalid_rate", "invalid_rate_ci_low", "invalid_rate_ci_high",
-       "small_groups", "correction", "seed", "limit", "run_id", "model_fingerprint", "git_commit", "finished_at"]
+       "small_groups", "correction", "seed", "limit", "sample", "run_id", "model_fingerprint", "git_commit", "finished_at"]
+    + ["model_description"]
+    + DELTA_COLUMNS
 )
 IMAGING_GROUP_VALUES = ["n_pos", "prevalence", "auc", "accuracy", "pos_rate", "tpr", "fpr", "ece", "underdiag",
                         "pos_rate_at_0.5", "tpr_at_0.5", "fpr_at_0.5"]
@@ -59,7 +66,7 @@ GROUP_COLUMNS = (
     + IMAGING_GROUP_VALUES
     + ["small"]
 )
-INT_COLUMNS = ["n_cases", "n_requests", "n_invalid", "small_groups", "seed", "limit", "n_rows", "n_pos"]
+INT_COLUMNS = ["n_cases", "n_requests", "n_invalid", "small_groups", "seed", "limit", "sample", "n_rows", "n_pos"]
 BOOL_COLUMNS = [c for c in COLUMNS + GROUP_COLUMNS if c.endswith("_significant")] + ["small"]
 
 GLOSSARY = [
@@ -155,10 +162,12 @@ def _finish(row: dict, run_dir: Path, results: dict, manifest: dict) -> None:
     finished = manifest.get("finished_at") or (run_dir / "results.json").stat().st_mtime
     git = manifest.get("git") or {}
     row.update({
-        "seed": run.get("seed"), "limit": run.get("limit"), "run_id": run_dir.name,
+        "seed": run.get("seed"), "limit": run.get("limit"), "sample": run.get("sample"), "run_id": run_dir.name,
         "model_fingerprint": run.get("model_fingerprint"),
         "git_commit": (git.get("commit") or "")[:12] + ("+dirty" if git.get("dirty") else ""),
         "finished_at": _iso(finished),
+        # A derived model's description says what the mitigation did (teacher, grouping, ideal family ...).
+        "model_description": ((manifest.get("model") or {}).get("spec") or {}).get("description") if run.get("base_model") else None,
     })
 
 
@@ -349,18 +358,30 @@ def _records(path: Path, columns: list[str]) -> list[dict]:
     return out
 
 
+def _blank(v) -> bool:
+    return v in (None, "") or (isinstance(v, float) and math.isnan(v))
+
+
+def _cases_label(row: dict) -> str:
+    """How a run chose its cases: "all", "limit N" (the first N) or "sample N" (N drawn with the seed)."""
+    if not _blank(row.get("sample")):
+        return f"sample {int(row['sample'])}"
+    return "all" if _blank(row.get("limit")) else f"limit {int(row['limit'])}"
+
+
 def _run_label(row: dict) -> str:
-    limit = row.get("limit")
     return (f"{row.get('model')} · {row.get('task')} · {row.get('prompt_mode')} · {split_name(row.get('eval_split'))} "
-            f"(run {row.get('run_id')}, seed {row.get('seed')}, limit {limit if limit not in (None, '') else 'all'})")
+            f"(run {row.get('run_id')}, seed {row.get('seed')}, {_cases_label(row)})")
 
 
 def _covers(new: dict, old: dict) -> bool:
     """Whether ``new`` is the same configuration as ``old`` or a larger one (same seed, at least as many
     cases): only such a run may replace ``old`` without ``--replace``."""
-    def lim(r):
-        v = r.get("limit")
-        return math.inf if v in (None, "") or (isinstance(v, float) and math.isnan(v)) else int(v)
+    def lim(r):  # the number of cases the run chose (--limit or --sample); all cases = inf
+        for k in ("limit", "sample"):
+            if not _blank(r.get(k)):
+                return int(r[k])
+        return math.inf
 
     def seed(r):
         v = r.get("seed")
@@ -393,7 +414,7 @@ def merge(rows: list[dict], groups: list[dict], new: list[tuple[dict, list[dict]
                 notes.append(f"replaced {_run_label(old)} by {_run_label(row)}")
             else:
                 why = ("the same configuration, older than" if _covers(row, old) and _covers(old, row)
-                       else "another seed or a smaller --limit than")
+                       else "another seed or fewer cases (--limit/--sample) than")
                 notes.append(f"dropped as duplicate: {_run_label(row)}: {why} the row kept, {_run_label(old)}; "
                              "pass --replace to replace it")
                 continue
@@ -512,6 +533,39 @@ MD_COLUMNS = {
 }
 
 
+def _delta_cell(r: dict, m: str) -> str:
+    d = r.get(f"{m}_delta")
+    if d is None:
+        return "—"
+    p = r.get(f"{m}_delta_p_adjusted")
+    text = f"{d:+.3f} [{r.get(f'{m}_delta_ci_low'):+.3f}, {r.get(f'{m}_delta_ci_high'):+.3f}]"
+    if p is None:
+        return text
+    if not r.get(f"{m}_delta_significant"):
+        return f"{text} p={p:.2g} n.s."
+    better = (d > 0) == HIGHER_IS_BETTER[m]
+    return f"{text} p={p:.2g} {'better' if better else 'worse'}"
+
+
+def _delta_table(block: list[dict]) -> list[str]:
+    """The paired differences of each row against the reference row of its block (``--reference``)."""
+    ref_model = next((r.get("delta_reference") for r in block if r.get("delta_reference")), None)
+    if ref_model is None:
+        return []
+    ref = next((r for r in block if r["model"] == ref_model), None)
+    rows = [r for r in block if r.get("delta_reference") == ref_model and ref is not None
+            and r.get("delta_reference_run_id") == ref.get("run_id")]
+    if not rows:
+        return []
+    lines = [(f"Paired differences against `{_md_escape(ref_model)}` on the same cases (row − reference, 95% bootstrap CI over "
+              "cases; p two-sided, Holm-corrected over the row's metrics; n.s. = not significant at 0.05, i.e. the method did "
+              f"not move the metric detectably): {_md_escape(rows[0].get('delta_method') or '')}."), "",
+             "| model | " + " | ".join(f"Δ {m}" for m in DELTA_METRICS) + " |", "|:--|" + "--:|" * len(DELTA_METRICS)]
+    for r in rows:
+        lines.append(f"| {_md_escape(r['model'])} | " + " | ".join(_delta_cell(r, m) for m in DELTA_METRICS) + " |")
+    return lines + [""]
+
+
 def render_markdown(name: str, rows: list[dict], groups: list[dict], sort_by: str, plots: dict) -> str:
     corrections = sorted({r.get("correction") for r in rows if r.get("correction")})
     kinds = sorted({_row_kind(r) for r in rows})
@@ -559,6 +613,7 @@ def render_markdown(name: str, rows: list[dict], groups: list[dict], sort_by: st
             cells.append(_fmt(r.get("invalid_rate"), r.get("invalid_rate_ci_low"), r.get("invalid_rate_ci_high")))
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+        lines += _delta_table(block)
         if (task, mode) in plots:
             what = "AUC" if kind == "imaging" else "Mean outcome"
             lines += [f"![{what} by group, {task} · {mode}]({plots[(task, mode)]})", ""]
@@ -617,11 +672,14 @@ def render_markdown(name: str, rows: list[dict], groups: list[dict], sort_by: st
                 f"{_fmt(g.get('decision_rate'), g.get('decision_rate_ci_low'), g.get('decision_rate_ci_high'))} |"
             )
         lines += ["", "</details>", ""]
-    lines += ["## Runs", "", "| model | task | prompt mode | seed | limit | run id | commit | finished (UTC) |",
+    described = [r for r in rows if r.get("model_description")]
+    if described:
+        lines += ["## Derived models", ""] + [f"- `{_md_escape(r['model'])}`: {_md_escape(r['model_description'])}" for r in described] + [""]
+    lines += ["## Runs", "", "| model | task | prompt mode | seed | cases | run id | commit | finished (UTC) |",
               "|:--|:--|:--|--:|--:|:--|:--|:--|"]
     for r in rows:
         lines.append(
-            f"| {_md_escape(r['model'])} | {r['task']} | {r['prompt_mode']} | {r.get('seed')} | {r.get('limit') or 'all'} | "
+            f"| {_md_escape(r['model'])} | {r['task']} | {r['prompt_mode']} | {r.get('seed')} | {_cases_label(r)} | "
             f"`{r.get('run_id')}` | `{r.get('git_commit') or '?'}` | {r.get('finished_at')} |"
         )
     return "\n".join(lines) + "\n"
@@ -637,12 +695,15 @@ def output_base(output: Path) -> Path:
 
 
 def update(run_dirs: list[Path], output: Path, sort_by: str = DEFAULT_SORT, plots: bool = True,
-           replace: bool = False, notes: list[str] | None = None, question: str | None = None) -> dict[str, Path]:
+           replace: bool = False, notes: list[str] | None = None, question: str | None = None,
+           annotate=None) -> dict[str, Path]:
     """Merge ``run_dirs`` into the leaderboard at ``output`` (``leaderboards/NAME``); returns written files.
     ``replace``: a run replaces the row of its key even if it is another seed or a smaller ``--limit``
     (see :func:`merge`); ``notes`` receives one line per replaced or dropped run (if None, they are
     issued as warnings). ``question``: the question of text runs to show (default: each task's primary
-    question); a board holds one question per task."""
+    question); a board holds one question per task. ``annotate(rows, notes)``: called on the merged rows
+    before writing, to add columns computed from the runs (the CLI passes ``boards.check.reference_deltas``
+    for ``--reference``; injected so that this module does not import the gate, which imports it)."""
     if sort_by not in SORT_METRICS:
         raise FairbenchError(f"--sort-by {sort_by!r} is not a fairness metric; use one of {', '.join(SORT_METRICS)}.")
     if not run_dirs:
@@ -667,6 +728,8 @@ def update(run_dirs: list[Path], output: Path, sort_by: str = DEFAULT_SORT, plot
         rows, groups = merge(_records(paths["csv"], COLUMNS), _records(paths["groups"], GROUP_COLUMNS), new,
                              replace=replace, notes=collected)
         rows = order(rows, sort_by)
+        if annotate is not None:
+            annotate(rows, collected)
         figures: dict = {}
         if plots:
             from . import plots as plotting

@@ -776,7 +776,9 @@ def seeds_board_view(csv_path: Path) -> dict:
                 "model": r["model"], "reference": r["model"] == reference, "derived": bool(r.get("base_model")),
                 "seeds": r.get("seeds") or "—", "n_seeds": r.get("n_seeds"),
                 "mean": fmt_est({"value": r.get(m), "ci_low": r.get(f"{m}_ci_low"), "ci_high": r.get(f"{m}_ci_high")}),
-                "sd": fmt(r.get(f"{m}_sd")), "diff": f"{diff:+.3f}" if _finite(diff) else "—",
+                "sd": fmt(r.get(f"{m}_sd")),
+                # A row tested against its own control (leaderboard --control) names it beside the difference.
+                "diff": (f"{diff:+.3f}" + (f" vs {r['reference']}" if r.get("reference") not in (None, reference) else "")) if _finite(diff) else "—",
                 "p": fmt_p(p), "p_holm": fmt_p(p_holm), "significant": bool(significant),
                 "mark": ("↑" if better else "↓") if significant else "",
             })

@@ -1,15 +1,23 @@
-"""Multi-seed leaderboards (``fairbench leaderboard SEEDS_DIR... --reference MODEL``): one row per
-model from the ``summary.json`` of ``fairbench run --seeds N``, every metric as mean ± 95% t-CI
-over seeds, and paired t-tests against the reference model (e.g. ERM) across the shared seeds,
-Holm-corrected per row (``seeds.compare``). Writes NAME.md, NAME.csv and the trade-off plot
+"""Multi-seed leaderboards (``fairbench leaderboard SEEDS_DIR... --reference MODEL [--control ROWS=CONTROL]``):
+one row per model from the ``summary.json`` of ``fairbench run --seeds N``, every metric as mean ± 95%
+t-CI over seeds, and paired t-tests (``seeds.compare``) against the row's reference across the shared
+seeds: ``--reference`` (e.g. ERM) unless a ``--control`` glob names the row's like-for-like control
+(e.g. ``'*fairmed-vlm*=vit-tiny+erm-lora'``: the LoRA methods against ERM through the same adapter).
+The raw p-values of the board's metrics are Holm-corrected together per row (statsmodels
+``multipletests``), so the family is exactly the columns shown; a difference whose Holm p is not below
+0.05 is marked ``n.s.``. Writes NAME.md, NAME.csv and the trade-off plot
 NAME.tradeoff.png (300 dpi), .svg and .pdf (utility against the kind's headline gap, Pareto frontier;
 the boards' paper-figure code). ``fairbench report NAME.csv`` renders such a board as HTML (``report.seeds_board_view``).
 
-Kind, prompt mode and evaluation split come from the runs' ``results.json`` (schema 2): imaging rows
-show accuracy, AUC, dp_gap, eod and worst-group AUC; text rows accuracy and the counterfactual metrics."""
+Kind, prompt mode and evaluation split come from the runs' ``results.json`` (schema 2). Imaging rows
+lead with the gaps a perfect classifier closes whatever the groups' base rates (eod, auc_gap,
+underdiag_gap), then AUC, accuracy, worst-group AUC, and dp_gap last: a perfect classifier's dp_gap
+equals the difference of the groups' prevalences (0.20 on synth-xray), so it is not a bias measure
+where base rates differ. Text rows show accuracy and the counterfactual metrics."""
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from pathlib import Path
 
@@ -21,14 +29,14 @@ from ..store import read_results, write_atomic
 from .keys import split_name, tradeoff_plot_name
 
 METRICS_BY_KIND = {
-    "imaging": ["accuracy", "auc", "dp_gap", "eod", "worst_group_auc"],
+    "imaging": ["eod", "auc_gap", "underdiag_gap", "auc", "accuracy", "worst_group_auc", "dp_gap"],
     "text": ["accuracy", "cf_flip_rate", "cf_mean_abs_delta", "dp_gap"],
 }
 METRICS = METRICS_BY_KIND["imaging"]
 HIGHER = {"accuracy": True, "auc": True, "worst_group_auc": True, "agreement": True,
-          "dp_gap": False, "eod": False, "cf_flip_rate": False, "cf_mean_abs_delta": False}
-# The gap on the trade-off plot and the sort key (lower first), per kind.
-HEADLINE_GAP = {"imaging": "dp_gap", "text": "cf_mean_abs_delta"}
+          "dp_gap": False, "eod": False, "auc_gap": False, "underdiag_gap": False, "cf_flip_rate": False, "cf_mean_abs_delta": False}
+# The gap on the trade-off plot and the sort key (lower first), per kind (imaging: eod, 0 for a perfect classifier).
+HEADLINE_GAP = {"imaging": "eod", "text": "cf_mean_abs_delta"}
 
 
 def run_kind(results: dict) -> str:
@@ -64,12 +72,49 @@ def is_seeds_dir(d: Path) -> bool:
     return (Path(d) / "summary.json").is_file()
 
 
-def build(dirs: list[Path], reference: str) -> list[dict]:
+def parse_controls(items: list[str] | None) -> list[tuple[str, str]]:
+    """``["GLOB=CONTROL", ...]`` -> [(glob, control)]; bad items raise FairbenchError naming the fix."""
+    out = []
+    for item in items or []:
+        glob, sep, control = item.partition("=")
+        if not sep or not glob.strip() or not control.strip():
+            raise FairbenchError(f"--control {item!r}: expected MODEL_GLOB=CONTROL_MODEL, e.g. '*fairmed-vlm*=vit-tiny+erm-lora'.")
+        out.append((glob.strip(), control.strip()))
+    return out
+
+
+def reference_of(model: str, reference: str, controls: list[tuple[str, str]]) -> str | None:
+    """The model a row is paired-tested against: the first ``--control`` glob matching it, else ``reference``;
+    None for the reference itself and for a control matched by its own glob."""
+    for glob, control in controls:
+        if fnmatch.fnmatchcase(model, glob) and model != control:
+            return control
+    return None if model == reference else reference
+
+
+def holm(ps: list[float | None]) -> list[float | None]:
+    """Holm-adjusted p-values over the non-missing entries (statsmodels ``multipletests``)."""
+    from statsmodels.stats.multitest import multipletests
+
+    idx = [i for i, p in enumerate(ps) if p is not None]
+    out: list[float | None] = [None] * len(ps)
+    if idx:
+        for i, q in zip(idx, multipletests([ps[i] for i in idx], method="holm")[1]):
+            out[i] = float(q)
+    return out
+
+
+def build(dirs: list[Path], reference: str, controls: list[tuple[str, str]] | None = None) -> list[dict]:
     loaded = [_load(d) for d in dirs]
     by_model = {s["model"]: (s, runs) for s, runs in loaded}
+    controls = controls or []
     if reference not in by_model:
         raise FairbenchError(f"--reference {reference!r} is not among the summaries' models {sorted(by_model)}.")
-    ref_runs = by_model[reference][1]
+    for glob, control in controls:  # a control is needed only when some row on the board matches its glob
+        matched = [m for m in by_model if fnmatch.fnmatchcase(m, glob) and m != control]
+        if matched and control not in by_model:
+            raise FairbenchError(f"--control {glob}={control}: {control!r} (the control of {matched[0]!r}) is not among the "
+                                 f"summaries' models {sorted(by_model)}; add its `run --seeds N` directory.")
     kinds = {run_kind(runs[0]) for _, runs in by_model.values()}
     metrics = _metrics(kinds)
     rows = []
@@ -82,15 +127,19 @@ def build(dirs: list[Path], reference: str) -> list[dict]:
         for m in metrics:
             e = s["metrics"].get(m, {})
             row[m], row[f"{m}_ci_low"], row[f"{m}_ci_high"], row[f"{m}_sd"] = e.get("mean"), e.get("ci_low"), e.get("ci_high"), e.get("sd")
-        if model != reference:
-            tests = {t["target"]: t for t in compare(runs, ref_runs)["tests"]}
-            for m in metrics:
-                t = tests.get(m, {})
-                row[f"{m}_diff"] = t.get("mean_diff")
-                row[f"{m}_p"] = t.get("p_value")
-                row[f"{m}_p_holm"] = t.get("p_adjusted")
+        ref = reference_of(model, reference, controls)
+        row["reference"] = ref
+        if ref is not None:
+            tests = {t["target"]: t for t in compare(runs, by_model[ref][1])["tests"]}
+            raw = [tests.get(m, {}).get("p_value") for m in metrics]
+            for m, p, q in zip(metrics, raw, holm(raw)):
+                row[f"{m}_diff"] = tests.get(m, {}).get("mean_diff")
+                row[f"{m}_p"] = p
+                row[f"{m}_p_holm"] = q
         rows.append(row)
-    rows.sort(key=lambda r: (r["model"] != reference, _gap(r) if _gap(r) is not None else 9))
+    # The reference first, each control before the rows tested against it, then by the headline gap.
+    rank = {reference: 0, **{c: 1 for _, c in controls}}
+    rows.sort(key=lambda r: (rank.get(r["model"], 2), r.get("reference") or "", _gap(r) if _gap(r) is not None else 9))
     return rows
 
 
@@ -109,8 +158,8 @@ def _cell(r: dict, m: str) -> str:
     p = r.get(f"{m}_p_holm")
     if r.get(f"{m}_diff") is not None:
         better = (r[f"{m}_diff"] > 0) == HIGHER.get(m, False)
-        mark = ("↑" if better else "↓") if p is not None and p < 0.05 else ""
-        txt += f" Δ{r[f'{m}_diff']:+.3f} p={p:.3g}{mark}" if p is not None else f" Δ{r[f'{m}_diff']:+.3f}"
+        mark = ("↑" if better else "↓") if p is not None and p < 0.05 else " n.s."
+        txt += f" Δ{r[f'{m}_diff']:+.3f} p={p:.3g}{mark}" if p is not None else f" Δ{r[f'{m}_diff']:+.3f} (no test)"
     return txt
 
 
@@ -121,14 +170,21 @@ def render(name: str, rows: list[dict], reference: str, plot: str | None) -> str
     split = "test split" if kinds == {"imaging"} else f"{rows[0].get('eval_split') or 'all'} split"
     note = (" Thresholds were tuned on validation in every run; dp_gap and eod are max − min over the groups of the "
             "primary attribute." if "imaging" in kinds else "")
+    refs = sorted({r["reference"] for r in rows if r.get("reference")})
+    against = (f"against `{reference}` across the same seeds" if refs in ([], [reference]) else
+               f"against the row's reference (column vs: the like-for-like control, else `{reference}`) across the same seeds")
+    if "imaging" in kinds:
+        note += (" dp_gap comes last: a perfect classifier's dp_gap is the difference of the groups' prevalences, "
+                 "so it is not a bias measure where base rates differ.")
     lines = [f"# {name}", "",
              f"Task `{task}` ({', '.join(sorted(kinds))}, prompt mode {rows[0].get('prompt_mode') or '-'}), {split}; every value "
-             f"is the mean over the row's seeds with its 95% t-interval. Δ = mean paired difference against `{reference}` across "
-             "the same seeds; p = paired t-test, Holm-corrected over the headline metrics of the row; ↑ / ↓ = significantly "
-             f"better / worse (p < 0.05).{note}", "",
-             "| model | seeds | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
+             f"is the mean over the row's seeds with its 95% t-interval. Δ = mean paired difference {against}; "
+             "p = paired t-test, Holm-corrected over the metrics of the row shown here; ↑ / ↓ = significantly "
+             f"better / worse (Holm p < 0.05), n.s. = not significant.{note}", "",
+             "| model | vs | seeds | " + " | ".join(metrics) + " |", "|---|---|---|" + "---|" * len(metrics)]
     for r in rows:
-        lines.append(f"| `{r['model']}` | {r['seeds']} | " + " | ".join(_cell(r, m) for m in metrics) + " |")
+        vs = f"`{r['reference']}`" if r.get("reference") else "—"
+        lines.append(f"| `{r['model']}` | {vs} | {r['seeds']} | " + " | ".join(_cell(r, m) for m in metrics) + " |")
     if plot:
         lines += ["", f"![utility against the headline gap]({plot})"]
     return "\n".join(lines) + "\n"
@@ -147,7 +203,7 @@ def is_seeds_csv(path: Path) -> bool:
 def read(csv_path: Path) -> tuple[list[dict], str | None]:
     """A multi-seed board's rows from its CSV alone, and its reference model (the row without paired
     differences). Boards written before the ``kind`` column are imaging boards (prompt mode ``image``)."""
-    df = pd.read_csv(csv_path, dtype={c: str for c in ("task", "prompt_mode", "model", "eval_split", "base_model", "seeds", "kind")},
+    df = pd.read_csv(csv_path, dtype={c: str for c in ("task", "prompt_mode", "model", "eval_split", "base_model", "seeds", "kind", "reference")},
                      keep_default_na=False, na_values=[""])
     rows = []
     for rec in df.to_dict("records"):
@@ -181,7 +237,7 @@ def draw(base: Path, rows: list[dict]) -> list[Path]:
 
     png = Path(base).parent / tradeoff_plot_name(Path(base).name)
     gaps = {(r["task"], r["prompt_mode"]): HEADLINE_GAP.get(r.get("kind"), "dp_gap") for r in rows}
-    return figure_paths(png) if tradeoff(_plot_rows(rows), "dp_gap", png, gaps) else []
+    return figure_paths(png) if tradeoff(_plot_rows(rows), HEADLINE_GAP["imaging"], png, gaps) else []
 
 
 def redraw(csv_path: Path) -> dict[str, Path]:
@@ -190,10 +246,11 @@ def redraw(csv_path: Path) -> dict[str, Path]:
     return {p.suffix[1:]: p for p in draw(Path(csv_path).with_suffix(""), rows)}
 
 
-def write(dirs: list[Path], output: Path, reference: str, plots: bool = True) -> dict[str, Path]:
+def write(dirs: list[Path], output: Path, reference: str, plots: bool = True,
+          controls: list[tuple[str, str]] | None = None) -> dict[str, Path]:
     from .leaderboard import output_base
 
-    rows = build(dirs, reference)
+    rows = build(dirs, reference, controls)
     base = output_base(Path(output))
     base.parent.mkdir(parents=True, exist_ok=True)
     out = {"csv": base.with_suffix(".csv"), "md": base.with_suffix(".md")}

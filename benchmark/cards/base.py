@@ -19,12 +19,22 @@ class DataSpec(_Strict):
     sha256: dict[str, str] = Field(default_factory=dict)
     source: str = ""  # human-readable provenance and licence
     download: dict[str, str] = Field(default_factory=dict)  # file -> URL
+    # "PACKAGE/relative/dir": an installed Python package that ships the official files (found through
+    # importlib, never imported), read when no --data-dir is given; its files must match ``sha256``.
+    package: str = ""
 
     @field_validator("subdir")
     @classmethod
     def _subdir_inside(cls, v):
         if Path(v).is_absolute() or ".." in Path(v).parts:
             raise ValueError(f"{v!r}: subdir must stay inside the data directory")
+        return v
+
+    @field_validator("package")
+    @classmethod
+    def _package_path(cls, v):
+        if v and (not v.split("/")[0].isidentifier() or ".." in Path(v).parts or Path(v).is_absolute()):
+            raise ValueError(f"{v!r}: package must be PACKAGE/relative/dir with an importable package name")
         return v
 
     @field_validator("bundled", "files")

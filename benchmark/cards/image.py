@@ -38,6 +38,20 @@ class VLMSpec(_Strict):
         return self
 
 
+class SignalSpec(_Strict):
+    """A multichannel waveform input (e.g. a 12-lead ECG): the model receives (channels, T) with
+    T = sampling_rate x seconds samples, never resampled or resized."""
+
+    channels: int = Field(gt=0)  # leads, one row each
+    sampling_rate: int = Field(gt=0)  # Hz
+    seconds: float = Field(gt=0)  # record length
+
+    @property
+    def length(self) -> int:
+        """Samples per channel, T."""
+        return round(self.sampling_rate * self.seconds)
+
+
 class ImagingAudit(AuditSpec):
     """Group-audit settings on top of the shared audit settings."""
 
@@ -74,6 +88,10 @@ class ImagingTaskCard(CardBase):
     split_seed: int = 0  # patient-level splits where the dataset has none (fixed across run seeds)
     split_fractions: dict[str, float] = Field(default_factory=lambda: {"train": 0.7, "val": 0.1, "test": 0.2})
     image_size: int = Field(64, ge=8)
+    # What the model is fed: a 2-D image (resized to image_size), or a multichannel waveform kept
+    # at its declared rate (``signal``), which the classifier reads with a 1-D (PatchTST) backbone.
+    input_modality: Literal["image", "signal"] = "image"
+    signal: SignalSpec | None = None
     prompts: dict[str, ClassPrompts] = Field(default_factory=dict)
     vlm: VLMSpec = Field(default_factory=VLMSpec)
     label_display: dict[str, str] = Field(default_factory=dict)  # label -> words used in prompts
@@ -95,6 +113,8 @@ class ImagingTaskCard(CardBase):
             raise ValueError("age_bins must be strictly increasing edges")
         if set(self.split_fractions) != {"train", "val", "test"} or abs(sum(self.split_fractions.values()) - 1) > 1e-6:
             raise ValueError("split_fractions needs train, val and test summing to 1")
+        if (self.input_modality == "signal") != (self.signal is not None):
+            raise ValueError("input_modality: signal needs a signal: {channels, sampling_rate, seconds} block, and only it")
         nf = self.audit.no_finding_label
         if nf is not None and nf not in self.endpoints():
             raise ValueError(f"audit.no_finding_label {nf!r} is not one of {self.endpoints()}")

@@ -144,6 +144,11 @@ class Question(_Strict):
     positive: str | None = None  # binary: the option whose probability is the outcome
     scores: dict[str, float] | None = None  # ordinal: option -> numeric value
     reference_field: str | None = None  # case field holding the reference answer
+    # Paired accuracy audit (per attribute: accuracy by group, paired difference against the reference
+    # group with CI, McNemar / Cochran's Q on correctness). None: on for categorical questions with a
+    # reference answer (no decision test speaks to them), off for binary/ordinal ones, whose decision
+    # tests already join the multiple-testing family.
+    paired_accuracy: bool | None = None
 
     @model_validator(mode="after")
     def _kind_fields(self):
@@ -157,6 +162,8 @@ class Question(_Strict):
             raise ValueError(f"question {self.id}: needs at least 2 options, or options_field")
         if self.options_field is not None and self.kind != "categorical":
             raise ValueError(f"question {self.id}: options_field is only for categorical questions")
+        if self.paired_accuracy and not self.reference_field:
+            raise ValueError(f"question {self.id}: paired_accuracy needs reference_field (the correct answer)")
         if self.kind == "binary" and self.positive not in self.options:
             raise ValueError(f"question {self.id}: positive must be one of the options {self.options}")
         if self.kind == "ordinal" and (not self.scores or set(self.scores) != set(self.options)):
@@ -173,6 +180,13 @@ class PromptMode(_Strict):
     template: str
     examples: str | None = None  # file in the task directory with worked examples
     max_new_tokens: int | None = Field(None, gt=0, le=131072)
+    # What a choice mode scores as the continuation of the prompt: the option ``labels`` ("A", "Yes"),
+    # or each option's ``option_text`` (its wording; the label where it has none), the cloze
+    # formulation of lm-evaluation-harness (benchmark.kinds.options.normalise_scores).
+    scoring: Literal["labels", "option_text"] = "labels"
+    # option_text only, and then required: how option log-likelihoods are compared (lm-eval's
+    # ``acc`` = none, ``acc_norm`` = chars; bytes = its byte-length definition).
+    normalization: Literal["none", "chars", "bytes"] | None = None
 
     @field_validator("examples")
     @classmethod
@@ -180,6 +194,16 @@ class PromptMode(_Strict):
         if v is not None and (Path(v).is_absolute() or ".." in Path(v).parts):
             raise ValueError(f"{v!r}: the examples file must stay inside the task directory")
         return v
+
+    @model_validator(mode="after")
+    def _option_text_scoring(self):
+        if self.scoring == "option_text" and self.method != "choice":
+            raise ValueError("scoring: option_text scores option log-likelihoods; it needs method: choice")
+        if self.scoring == "option_text" and self.normalization is None:
+            raise ValueError("scoring: option_text needs normalization: none, chars or bytes (declared, so results say which)")
+        if self.scoring == "labels" and self.normalization is not None:
+            raise ValueError("normalization applies only to scoring: option_text (labels are compared unnormalised)")
+        return self
 
 
 class TaskCard(CardBase):
@@ -199,6 +223,13 @@ class TaskCard(CardBase):
     def outputs(self) -> tuple[list[str], list[str]]:
         """(what is asked, the prompt modes), for listings."""
         return [q.id for q in self.questions], list(self.prompt_modes)
+
+    def audits_accuracy(self, qid: str) -> bool:
+        """Whether the counterfactual audit compares the accuracy of paired variants for ``qid``."""
+        q = self.question(qid)
+        if q.paired_accuracy is not None:
+            return q.paired_accuracy
+        return q.kind == "categorical" and q.reference_field is not None
 
     def question(self, qid: str) -> Question:
         for q in self.questions:

@@ -34,3 +34,16 @@ def first_cases(cases: list[Case], n: int) -> list[Case]:
         keep.add(c.case_id)
         out.append(c)
     return out
+
+
+def sample_cases(cases: list[Case], n: int, seed: int) -> list[Case]:
+    """The rows of ``n`` distinct case ids drawn at random without replacement, seeded by ``seed``
+    (numpy ``default_rng(seed).choice`` over the case ids in file order), kept in file order. The same
+    data, ``n`` and seed give the same subset for every model; ``n`` >= the number of cases keeps all."""
+    import numpy as np
+
+    ids = list(dict.fromkeys(c.case_id for c in cases))
+    if n >= len(ids):
+        return list(cases)
+    keep = {ids[i] for i in np.random.default_rng(seed).choice(len(ids), size=n, replace=False)}
+    return [c for c in cases if c.case_id in keep]

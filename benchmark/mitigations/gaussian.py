@@ -1,11 +1,17 @@
 """Gaussian steering maths (paper 003): estimate per-(class, group) Gaussians, find the nearest
 "ideal" distribution in KL, and build the optimal-transport affine maps onto it.
 
-Ideal distribution used here: every group has the *same* class-conditional Gaussian
-``X | Y=y, A=a ~ N(m_y, S_y)``. A group-blind classifier (the model's own head reads the steered
-representation without seeing the group) then has identical TPR and FPR in every group (equal
-opportunity / equalized odds exactly), and identical positive rates (demographic parity) when the
-class priors are equal across groups.
+**Which ideal family.** Paper 003 calls a distribution ideal when the minimiser of any cost-sensitive
+risk on it is exactly group-fair; for Gaussian class-conditionals that family allows groups to differ
+as long as their standardized mean differences and covariance ratios are equal. This module
+implements a **stricter sub-family, "group-identical class-conditionals"**: every group has the
+*same* class-conditional Gaussian ``X | Y=y, A=a ~ N(m_y, S_y)``. Every member is ideal in the paper's
+sense (a group-blind classifier, such as the model's own head, has identical TPR and FPR in every
+group, and identical positive rates when the class priors are equal), but not every ideal
+distribution is a member, so the KL-nearest member can be farther from the data than the paper's
+optimum (the reported ``kl_objective`` is an upper bound on the paper's). With a single class (every
+Q-Pain mitigation case has the reference answer Yes) both families coincide: one Gaussian per group,
+all equal.
 
 - ``all_subgroups``: argmin over (m_y, S_y) of sum_a w_ya KL(N(m_y, S_y) || N(mu_ya, Sigma_ya)).
   It is convex with a closed form (precision-weighted barycentre), so no line search is needed.
@@ -115,28 +121,19 @@ def ideal_all_subgroups(gs: Gaussians) -> Ideal:
     return Ideal(mean, cov, _objective(gs, mean, cov), "all_subgroups")
 
 
-def favoured_group(gs: Gaussians, positive) -> object:
-    """The group the original distribution favours: the one whose positive-class mean gets the
-    highest posterior of the positive class under the group-blind Bayes classifier of the mixture."""
-    scores = {a: float(_log_post(gs, gs.mean[positive][a][None, :])[positive][0]) for a in gs.groups}
-    return max(scores, key=scores.get)
+def favoured_group(positive_rate: dict, tolerance: float = 1e-9) -> object:
+    """The group the model favours: the one with the highest mean probability of the favourable
+    (positive) answer, ``positive_rate`` = {group: mean P(positive)} measured on the fit data. Raises
+    ValueError when the top two are within ``tolerance`` (the data cannot name one group)."""
+    ranked = sorted(positive_rate.items(), key=lambda kv: -kv[1])
+    if len(ranked) > 1 and ranked[0][1] - ranked[1][1] <= tolerance:
+        raise ValueError(f"groups {ranked[0][0]!r} and {ranked[1][0]!r} have the same mean P(positive) ({ranked[0][1]:.6g})")
+    return ranked[0][0]
 
 
-def _log_post(gs: Gaussians, x: np.ndarray) -> dict:
-    from scipy.stats import multivariate_normal
-
-    lik = {c: np.logaddexp.reduce([np.log(gs.prior[c][a]) + multivariate_normal(gs.mean[c][a], gs.cov[c][a]).logpdf(x).reshape(-1)
-                                   for a in gs.groups], axis=0) for c in gs.classes}
-    total = np.logaddexp.reduce(list(lik.values()), axis=0)
-    return {c: lik[c] - total for c in gs.classes}
-
-
-def ideal_affirmative(gs: Gaussians, advantaged=None, positive=None) -> Ideal:
-    """Every group except the advantaged one moves onto the advantaged group's class-conditionals.
-    ``advantaged`` defaults to the group whose positive-class mean gets the highest posterior of the
-    positive class (the group the original model favours)."""
-    if advantaged is None:
-        advantaged = favoured_group(gs, gs.classes[-1] if positive is None else positive)
+def ideal_affirmative(gs: Gaussians, advantaged) -> Ideal:
+    """Every group except ``advantaged`` moves onto the advantaged group's class-conditionals (the
+    advantaged group does not move). Choose it with :func:`favoured_group` or name it."""
     if advantaged not in gs.groups:
         raise ValueError(f"advantaged group {advantaged!r} is not one of {gs.groups}")
     mean = {c: gs.mean[c][advantaged] for c in gs.classes}

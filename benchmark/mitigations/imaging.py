@@ -22,13 +22,14 @@ class ImagingMitigation(Mitigation):
     """A mitigation expressed as a training recipe for the classifier backend."""
 
     kinds = ("imaging",)
+    bases: tuple[str, ...] = ("classifier",)  # base-model backends the method can train
 
     def recipes(self, base: ModelSpec, data: ImagingTaskData, config: MitigationConfig, ctx: Context) -> dict[str, dict]:
         """Derived-model suffix -> recipe (a ``recipe.Recipe`` mapping)."""
         raise NotImplementedError
 
     def apply(self, base: ModelSpec, data: ImagingTaskData, config: MitigationConfig, ctx: Context) -> ModelArtifact:
-        check_base(base, self.name)
+        check_base(base, self.name, self.bases)
 
         models, manifest = {}, {"recipes": {}}
         for suffix, recipe in self.recipes(base, data, config, ctx).items():
@@ -39,9 +40,11 @@ class ImagingMitigation(Mitigation):
         return ModelArtifact(ctx.out_dir, models, manifest)
 
 
-def check_base(base: ModelSpec, method: str) -> None:
-    if base.backend != "classifier":
+def check_base(base: ModelSpec, method: str, bases: tuple[str, ...] = ("classifier",)) -> None:
+    if base.backend not in bases:
+        what = " or ".join(f"backend {b}" for b in bases)
         raise FairbenchError(
-            f'mitigation {method} trains image classifiers; model "{base.name}" uses backend {base.backend}. '
-            "Use a classifier model such as vit-tiny (fairbench list models)."
+            f'mitigation {method} trains models with {what}; model "{base.name}" uses backend {base.backend}. '
+            "Use a classifier model such as vit-tiny"
+            + (" or a LLaVA-family vlm model" if "vlm" in bases else "") + " (fairbench list models)."
         )

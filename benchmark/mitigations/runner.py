@@ -51,12 +51,15 @@ def _text_split(card, data_dir, prompt_mode, eval_fraction, seed):
     return cases, report, files, mode, split_cases(cases, card, eval_fraction, seed)
 
 
-def _text_data(card, cases, report, files, mode, split, eval_fraction, out: Path):
+def _text_data(card, cases, report, files, mode, split, eval_fraction, out: Path, write: bool = True):
     """The mitigation cases of a seeded held-out split (data/split.py); the split file is written to
-    ``out`` and named by the derived models, so their audits use only the evaluation cases."""
+    ``out`` (by the main process only: ``write``) and named by the derived models, so their audits use
+    only the evaluation cases."""
     keep = set(split["mitigation_case_ids"])
     data = TaskData(card, [c for c in cases if c.case_id in keep], report, files, mode)
     split_file = out / SPLIT_FILE
+    if not write:
+        return data, {"eval_cases": str(split_file.resolve())}, {"prompt_mode": mode}
     write_atomic(split_file, dumps(split))
     info = {"prompt_mode": mode, "files": sha256_files(files), "n_cases": len(cases),
             "split": {"file": SPLIT_FILE, "sha256": sha256_file(split_file), "eval_fraction": eval_fraction,
@@ -86,8 +89,16 @@ def mitigate(
     quiet: bool = True,
 ) -> list[str]:
     """Fit ``method_name`` on ``task``'s mitigation data for base ``model``; register and return the
-    names of the derived models (``<model>+<suffix>``). Raises FairbenchError on bad input."""
+    names of the derived models (``<model>+<suffix>``). Raises FairbenchError on bad input.
+
+    Under ``accelerate launch`` or ``torchrun`` every process runs this unchanged: only the main
+    process prepares the artifact directory, writes the manifest and registers the derived models;
+    the others run ``apply`` only if the method trains (``Mitigation.distributed``), meet the main
+    process at barriers, and return [] (exit 0)."""
+    from .training import barrier, distributed_state, is_main_process
+
     t0 = time.time()
+    distributed_state()  # the process group first (it also picks each process's CUDA device)
     seed_everything(seed)
     method_cls = get("mitigations", method_name)
     method: Mitigation = method_cls() if isinstance(method_cls, type) else method_cls
@@ -106,17 +117,26 @@ def mitigate(
         data, entry_fields, data_info = _image_data(card, data_dir)
     else:
         loaded = _text_split(card, data_dir, prompt_mode, eval_fraction, seed)
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
+    main = is_main_process()
+    if main:
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+    barrier()
     if card.kind != "imaging":
-        data, entry_fields, data_info = _text_data(card, *loaded, eval_fraction, out)
-    artifact = method.apply(base, data, config, Context(out, seed, models, quiet))
+        data, entry_fields, data_info = _text_data(card, *loaded, eval_fraction, out, write=main)
+    if main or method.distributed:
+        artifact = method.apply(base, data, config, Context(out, seed, models, quiet))
+    barrier()
+    if not main:
+        return []
 
     backend_cls = get("backends", base.backend)
     registered = []
     for suffix, fields in artifact.models.items():
         name = f"{model}+{suffix}"
-        register_derived(name, derived_entry(base, {**fields, **entry_fields}, f"{suffix} mitigation of {model} on {card.name} (seed {seed})"))
+        note = artifact.descriptions.get(suffix)
+        description = f"{suffix} mitigation of {model} on {card.name} (seed {seed})" + (f"; {note}" if note else "")
+        register_derived(name, derived_entry(base, {**fields, **entry_fields}, description))
         registered.append(name)
     manifest = base_manifest(list(sys.argv))
     manifest.update(

@@ -1,19 +1,37 @@
-"""``simpo-distill`` (paper 000): SimPO distillation towards a teacher's demographic-neutral answers.
+"""``simpo-distill`` (paper 000): SimPO distillation towards a teacher's demographic-neutral answers,
+trained on responses in exactly the format the audit scores.
 
-1. A teacher (any registered model; default: the base model itself) answers the demographic-neutral
-   form of each mitigation case (placeholders replaced by neutral words, see ``neutral``).
-2. The student (the base model) answers counterfactual forms, ``samples`` >= 2 per prompt, at
-   ``temperature`` with the run seed.
-3. Candidates are ranked by cosine similarity of all-MiniLM-L6-v2 embeddings to the teacher's
-   answer: chosen = most similar, rejected = least. Pairs go to ``pairs.jsonl`` with similarities.
-4. SimPO through ``trl.experimental.cpo.CPOTrainer`` (loss_type="simpo", cpo_alpha=0) with a PEFT
-   LoRA adapter (paper code: r=18, alpha=32, dropout 0, q,k,v,o,gate,up,down), saved to
+Paper 000 (and its code): a teacher answers the demographic-neutral prompt; the student answers the
+counterfactual prompts several times; the candidates are ranked by cosine similarity of sentence
+embeddings to the teacher's answer (chosen = most similar, rejected = least similar); SimPO with
+LoRA. fairbench audits zero-shot *choice* scoring (the log-probability of each option's tokens right
+after the rendered chat prompt), so every step here works in that format:
+
+1. **Teacher.** A registered model (default: the base model itself, i.e. *self-distillation*, which
+   is what the manifest, the derived model's description and the README call it) scores the options
+   of the neutral form of each mitigation case (placeholders replaced by neutral words, see
+   ``neutral``) in the task's choice prompt mode; its answer is the option it scores highest, as
+   the audit's decision.
+2. **Student candidates.** The student (the base model) scores the options of ``variants_per_case``
+   seeded counterfactual forms of each case; ``samples`` answers are drawn from its option
+   distribution (softmax of the option log-probabilities / ``temperature``), seeded per prompt.
+3. **Ranking.** all-MiniLM-L6-v2 cosine similarity of each sampled option text to the teacher's
+   option text: chosen = most similar, rejected = least. A prompt whose samples are all the same
+   option carries no preference and is counted, not trained on. Pairs go to ``pairs.jsonl``.
+4. **Training format.** prompt = the chat prompt exactly as the audit renders it
+   (``HFBackend.render`` of the request ``build_requests`` makes for the audit), chosen/rejected =
+   the option as the audit scores it (``HFBackend.continuation``: the option text; after a plain
+   completion prompt, with its leading space). TRL appends the EOS token to each response.
+5. **SimPO** through ``trl.experimental.cpo.CPOTrainer`` (loss_type="simpo", cpo_alpha=0) with a
+   PEFT LoRA adapter (paper code: r=18, alpha=32, dropout 0, q,k,v,o,gate,up,down), saved to
    ``adapter/`` and registered as ``<base>+simpo-distill``.
+
+Under ``accelerate launch`` / ``torchrun`` steps 1-3 run on the main process only (the pairs file is
+the hand-over); every process trains on its shard through the trainer; only the main process saves.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
@@ -21,6 +39,7 @@ import random
 import re
 import time
 
+import numpy as np
 from pydantic import Field, field_validator
 
 from ..config import ModelSpec
@@ -29,27 +48,27 @@ from ..errors import FairbenchError
 from ..kinds.text.expand import PLACEHOLDER, Variant, expand
 from ..kinds.text.prompts import build_requests
 from ..registry import get
-from ..requests import Request
 from ..store import write_atomic
+from . import training as T
 from .base import Context, Mitigation, MitigationConfig, ModelArtifact, TaskData
 
 NEUTRAL = {"[race] ": "", "[race]": "", "[gender]": "patient", "[subject]": "they", "[possessive]": "their"}
+PAIRS_FILE = "pairs.jsonl"
 
 
 class SimPOConfig(MitigationConfig):
     teacher: str | None = None  # a registered model; None: the base model (self-distillation)
-    prompt_mode: str | None = None  # a generation mode of the task; None: its first one
-    samples: int = Field(2, ge=2)  # student answers per counterfactual prompt
-    temperature: float = Field(0.8, gt=0.0)
-    max_new_tokens: int = Field(64, gt=0)
-    variants_per_case: int | None = Field(2, ge=1)  # counterfactual forms per case (seeded); None: all
+    prompt_mode: str | None = None  # a choice mode of the task; None: the one `mitigate --prompt-mode` gives (the audit's default)
+    samples: int = Field(8, ge=2)  # student answers drawn per counterfactual prompt
+    temperature: float = Field(1.0, gt=0.0)  # on the student's option distribution
+    variants_per_case: int | None = Field(None, ge=1)  # counterfactual forms per case (seeded); None: all
     neutral: dict[str, str] = Field(default_factory=lambda: dict(NEUTRAL))  # placeholder -> neutral text
     beta: float = Field(2.0, gt=0.0)  # SimPO beta (paper recommendation 2-10)
     simpo_gamma: float = Field(1.0, ge=0.0)  # SimPO gamma itself (gamma/beta = 0.5)
     learning_rate: float = Field(1e-4, gt=0.0)
     epochs: float = Field(1.0, gt=0.0)
     max_steps: int | None = Field(None, ge=1)
-    batch_size: int = Field(4, ge=1)
+    batch_size: int = Field(4, ge=1)  # per process
     max_length: int | None = Field(None, ge=16)  # None: fit the longest prompt + answer of the pairs
     lora_r: int = Field(18, ge=1)
     lora_alpha: int = Field(32, ge=1)
@@ -98,109 +117,142 @@ def _subset(variants: list[Variant], k: int | None, seed: int) -> list[Variant]:
     return out
 
 
-def _generation_mode(card, name: str | None) -> str:
-    if name is None:
-        name = next((m for m, spec in card.prompt_modes.items() if spec.method == "generate"), None)
-        if name is None:
-            raise FairbenchError(f"task {card.name} has no generation prompt mode; simpo-distill needs answers to rank.")
-    if name not in card.prompt_modes or card.prompt_modes[name].method != "generate":
-        raise FairbenchError(f"simpo-distill config prompt_mode: {name!r} is not a generation mode of task {card.name}.")
+def _rng(seed: int, *parts) -> np.random.Generator:
+    digest = hashlib.sha256("|".join(map(str, (seed, *parts))).encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def choice_mode(card, name: str | None, default: str) -> str:
+    """The prompt mode the pairs are built in: a choice mode (the format the audit scores)."""
+    name = name or default
+    if name not in card.prompt_modes or card.prompt_modes[name].method != "choice":
+        choice = [m for m, spec in card.prompt_modes.items() if spec.method == "choice"]
+        raise FairbenchError(f"simpo-distill trains on the answers the audit scores, so it needs a choice prompt mode; "
+                             f"{name!r} is not one of task {card.name} (choice modes: {', '.join(choice) or 'none'}). "
+                             "Set prompt_mode in the config or pass --prompt-mode.")
     return name
+
+
+def option_probabilities(logprobs: list[float], temperature: float = 1.0) -> np.ndarray:
+    """Softmax over the option set of log P(option) / temperature (the audit normalises the same way)."""
+    z = np.asarray(logprobs, dtype=np.float64) / temperature
+    z = np.exp(z - z.max())
+    return z / z.sum()
+
+
+def build_pairs(student, teacher, card, cases: list[Case], mode: str, config: SimPOConfig, seed: int) -> tuple[list[dict], dict]:
+    """Steps 1-3: preference pairs in the audited format. Returns (pairs, counts and timings)."""
+    from ..backends.embedder import embed_similarities
+
+    info: dict = {}
+    t0 = time.perf_counter()
+    neutral = [neutral_case(c, card, config.neutral) for c in cases]
+    teacher_reqs = build_requests(card, neutral, mode, seed)
+    teacher_answers = {}
+    for r, res in zip(teacher_reqs, teacher.score_choices(teacher_reqs)):
+        p = option_probabilities(res.option_logprobs)
+        teacher_answers[(r.case_id, r.question_id)] = {"option": r.options[int(p.argmax())], "probabilities": p.round(6).tolist()}
+    info["teacher_seconds"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    variants = _subset(expand(cases, card.counterfactual, seed), config.variants_per_case, seed)
+    prompts = [r for r in build_requests(card, variants, mode, seed) if (r.case_id, r.question_id) in teacher_answers]
+    scored = student.score_choices(prompts)
+    draws = []
+    for r, res in zip(prompts, scored):
+        p = option_probabilities(res.option_logprobs, config.temperature)
+        picks = _rng(seed, r.case_id, r.question_id, sorted(r.attributes.items())).choice(len(r.options), size=config.samples, p=p)
+        draws.append([r.options[int(i)] for i in picks])
+    info["student_seconds"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    references = [teacher_answers[(r.case_id, r.question_id)]["option"] for r in prompts]
+    sims = embed_similarities(references, draws)
+    pairs, n_same = [], 0
+    for r, res, cands, s, ref in zip(prompts, scored, draws, sims, references):
+        best, worst = int(s.argmax()), int(s.argmin())
+        if cands[best] == cands[worst]:
+            n_same += 1  # every sample gave the same option: no preference to learn
+            continue
+        pairs.append({
+            "case_id": r.case_id, "question_id": r.question_id, "attributes": r.attributes,
+            "prompt": student.render(r.prompt),
+            "chosen": student.continuation(cands[best]), "rejected": student.continuation(cands[worst]),
+            "chosen_option": cands[best], "rejected_option": cands[worst], "teacher_option": ref,
+            "teacher_probabilities": teacher_answers[(r.case_id, r.question_id)]["probabilities"],
+            "student_probabilities": option_probabilities(res.option_logprobs).round(6).tolist(),
+            "samples": cands, "sim_chosen": round(float(s[best]), 6), "sim_rejected": round(float(s[worst]), 6),
+        })
+    info["embed_seconds"] = time.perf_counter() - t0
+    info.update({"n_prompts": len(prompts), "n_single_option_prompts_skipped": n_same,
+                 "n_teacher_prompts": len(teacher_reqs)})
+    return pairs, info
 
 
 class SimPODistill(Mitigation):
     name = "simpo-distill"
     Config = SimPOConfig
+    distributed = True  # every process of `accelerate launch` / `torchrun` trains its shard
 
     def apply(self, base: ModelSpec, data: TaskData, config: SimPOConfig, ctx: Context) -> ModelArtifact:
-        from ..backends.embedder import embed_similarities
         from ..backends.hf import HFBackend
 
         if base.backend != "hf":
             raise FairbenchError(f'simpo-distill trains weights locally: model "{base.name}" uses backend {base.backend}, not hf.')
         card, seed = data.card, ctx.seed
-        mode = _generation_mode(card, config.prompt_mode)
-        q = card.questions[0]
-        timings: dict[str, float] = {}
-
-        # 1. Teacher answers the neutral form of each case (greedy).
-        t0 = time.perf_counter()
-        neutral = [neutral_case(c, card, config.neutral) for c in data.cases]
-        teacher_reqs = [r for r in build_requests(card, neutral, mode, seed, max_new_tokens=config.max_new_tokens)
-                        if r.question_id == q.id]
-        teacher_reqs = [dataclasses.replace(r, max_new_tokens=config.max_new_tokens) for r in teacher_reqs]
+        mode = choice_mode(card, config.prompt_mode, data.prompt_mode)
+        self_distill = config.teacher in (None, base.name)
+        teacher_name = base.name if self_distill else ctx.models.get(config.teacher).name
+        pairs_file = ctx.out_dir / PAIRS_FILE
         student = HFBackend(base, seed=seed)
-        if config.teacher in (None, base.name):
-            teacher_name, teacher = base.name, student
-        else:
-            tspec = ctx.models.get(config.teacher)
-            teacher_name, teacher = tspec.name, get("backends", tspec.backend)(tspec, seed=seed)
-        references = {r.case_id: res.raw_output or "" for r, res in zip(teacher_reqs, teacher.generate(teacher_reqs))}
-        if teacher is not student:
-            teacher.close()
-        timings["teacher_seconds"] = time.perf_counter() - t0
-
-        # 2. Student samples on counterfactual forms.
-        t0 = time.perf_counter()
-        variants = _subset(expand(data.cases, card.counterfactual, seed), config.variants_per_case, seed)
-        prompts = [r for r in build_requests(card, variants, mode, seed, max_new_tokens=config.max_new_tokens,
-                                             temperature=config.temperature) if r.question_id == q.id]
-        sample_reqs: list[Request] = [dataclasses.replace(r, max_new_tokens=config.max_new_tokens, seed=seed * 1000 + k)
-                                      for r in prompts for k in range(config.samples)]
-        outputs = [res.raw_output or "" for res in student.generate(sample_reqs)]
-        timings["student_seconds"] = time.perf_counter() - t0
-
-        # 3. Rank by embedding similarity to the teacher's answer.
-        t0 = time.perf_counter()
-        cands = [outputs[i * config.samples : (i + 1) * config.samples] for i in range(len(prompts))]
-        sims = embed_similarities([references[p.case_id] for p in prompts], cands)
-        pairs, n_tied = [], 0
-        for p, cs, s in zip(prompts, cands, sims):
-            best, worst = int(s.argmax()), int(s.argmin())
-            if cs[best].strip() == cs[worst].strip():
-                n_tied += 1  # identical samples carry no preference; counted, not trained on
-                continue
-            pairs.append({
-                "case_id": p.case_id, "attributes": p.attributes, "prompt": student.render(p.prompt),
-                "chosen": cs[best], "rejected": cs[worst], "reference": references[p.case_id],
-                "sim_chosen": round(float(s[best]), 6), "sim_rejected": round(float(s[worst]), 6),
-                "similarities": [round(float(x), 6) for x in s],
-            })
-        pairs_file = ctx.out_dir / "pairs.jsonl"
-        write_atomic(pairs_file, "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in pairs))
-        timings["embed_seconds"] = time.perf_counter() - t0
+        info: dict = {}
+        if T.is_main_process():
+            if self_distill:
+                teacher = student
+            else:
+                tspec = ctx.models.get(config.teacher)
+                teacher = get("backends", tspec.backend)(tspec, seed=seed)
+            pairs, info = build_pairs(student, teacher, card, data.cases, mode, config, seed)
+            if teacher is not student:
+                teacher.close()
+            write_atomic(pairs_file, "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in pairs))
+        T.barrier()  # the other processes read the pairs the main process wrote
+        pairs = [json.loads(line) for line in pairs_file.read_text(encoding="utf-8").splitlines()]
         if not pairs:
-            raise FairbenchError("simpo-distill: every candidate pair was identical; raise temperature or samples in the config.")
-
-        # 4. SimPO with LoRA on the student (loaded from the converted safetensors cache, trainable).
+            raise FairbenchError("simpo-distill: the student gave the same option in every sample of every prompt, so there is "
+                                 "no preference to train on; raise samples or temperature in the config.")
         t0 = time.perf_counter()
         log = train_simpo(student, pairs, config, ctx)
-        timings["train_seconds"] = time.perf_counter() - t0
+        info["train_seconds"] = time.perf_counter() - t0
         student.close()
+        teacher_text = f"self-distillation ({base.name} is its own teacher)" if self_distill else f"teacher {teacher_name}"
+        agree = sum(p["chosen_option"] == p["teacher_option"] for p in pairs)
         return ModelArtifact(
             ctx.out_dir,
             {"simpo-distill": {"adapter": str((ctx.out_dir / "adapter").resolve())}},
             {
-                "teacher": teacher_name, "prompt_mode": mode, "n_prompts": len(prompts), "n_pairs": len(pairs),
-                "n_identical_pairs_skipped": n_tied,
+                "teacher": teacher_name, "self_distillation": self_distill, "prompt_mode": mode,
+                "response_format": "choice: the audit's rendered prompt; responses are the option continuations it scores (+ EOS)",
+                "n_pairs": len(pairs), "n_pairs_chosen_is_teacher_option": agree,
                 "mean_sim_chosen": round(sum(p["sim_chosen"] for p in pairs) / len(pairs), 6),
                 "mean_sim_rejected": round(sum(p["sim_rejected"] for p in pairs) / len(pairs), 6),
-                "pairs_file": "pairs.jsonl", "training": log,
-                **{k: round(v, 3) for k, v in timings.items()},
+                "pairs_file": PAIRS_FILE, "training": log,
+                **{k: (round(v, 3) if isinstance(v, float) else v) for k, v in info.items()},
             },
+            descriptions={"simpo-distill": teacher_text},
         )
 
 
 def train_simpo(backend, pairs: list[dict], config: SimPOConfig, ctx: Context) -> dict:
+    """SimPO with LoRA on ``backend.model`` over ``pairs`` (prompt, chosen, rejected); saves ``adapter/``
+    (main process). Returns the training log, with the batches each process ran."""
     from datasets import Dataset
     from trl.experimental.cpo import CPOTrainer
-
-    from .training import lora_config, simpo_args
 
     model, tok = backend.model, backend.tokenizer
     model.train()
     # A prompt that fills max_length leaves an empty completion, whose mean log-probability is NaN.
-    longest = max(len(tok(p["prompt"] + p[side]).input_ids) for p in pairs for side in ("chosen", "rejected"))
+    longest = max(len(tok(p["prompt"] + p[side]).input_ids) for p in pairs for side in ("chosen", "rejected")) + 1  # + EOS
     prompt_max = max(len(tok(p["prompt"]).input_ids) for p in pairs)
     if config.max_length is None:
         config = config.model_copy(update={"max_length": longest})
@@ -209,18 +261,26 @@ def train_simpo(backend, pairs: list[dict], config: SimPOConfig, ctx: Context) -
             f"simpo-distill: max_length {config.max_length} is not longer than the longest prompt "
             f"({prompt_max} tokens), so answers would be truncated away. Raise max_length or leave it unset."
         )
-    args = simpo_args(config, backend.device, ctx.out_dir / "trainer", ctx.seed, model)
+    args = T.simpo_args(config, backend.device, ctx.out_dir / "trainer", ctx.seed, model)
     dataset = Dataset.from_list([{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]} for p in pairs])
     tok.padding_side = "right"
-    trainer = CPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok, peft_config=lora_config(config))
+    trainer = CPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok, peft_config=T.lora_config(config))
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # the log goes to the manifest; stdout is the command's output
+    counter = T.BatchCounter()
+    trainer.add_callback(counter)
+    T.attach_progress(trainer, "simpo-distill training", ctx.quiet)
     result = trainer.train()
-    trainer.model.save_pretrained(str(ctx.out_dir / "adapter"))
     tok.padding_side = "left"
+    per_process = T.gather_counts(ctx.out_dir / "trainer", counter.batches, len(trainer.get_train_dataloader()))
+    if T.is_main_process():
+        trainer.model.save_pretrained(str(ctx.out_dir / "adapter"))
     history = [{k: (round(v, 6) if math.isfinite(v) else None) if isinstance(v, float) else v for k, v in h.items()}
                for h in trainer.state.log_history]
     if not math.isfinite(float(result.training_loss)) or any(h.get("grad_norm", 0) is None for h in history):
         raise FairbenchError("simpo-distill: training produced non-finite losses or gradients; see "
                              f"{ctx.out_dir / 'trainer'} and lower learning_rate or check max_length.")
     return {"global_steps": result.global_step, "train_loss": round(float(result.training_loss), 6),
-            "max_length": config.max_length, "bf16": args.bf16,
-            "gradient_checkpointing": args.gradient_checkpointing, "log_history": history}
+            "max_length": config.max_length, "bf16": args.bf16, "world_size": args.world_size,
+            "gradient_checkpointing": args.gradient_checkpointing, "per_process": per_process, "log_history": history}

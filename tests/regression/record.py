@@ -60,7 +60,7 @@ IMAGING_MODELS = (
     "    extra: {image_size: 32, patch_size: 8, hidden_size: 16, num_layers: 1, num_heads: 2, channels: 1,"
     " epochs: 5, lr: 0.002, batch_size: 32}\n"
 )
-STEERING_CONFIG = "pca_dims: 4\nvariants: [optimal, leace]\n"  # as tests/test_mitigation_pipeline.py
+STEERING_CONFIG = "pca_dims: 4\nvariants: [optimal, leace]\nmin_cell_size: 1\n"  # race x gender cells of the demo are thin (1 "No" case)
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,16 @@ strata are oversampled with light augmentation (colour jitter, rotation <= 10 de
 
 The target size of every stratum is ``min(largest stratum, max_ratio x median stratum)``
 (``max_ratio`` = 1.5, the paper's cap "up to at most 1.5x the median stratum size"); strata below
-it are topped up with augmented duplicates, larger strata are kept whole (nothing is dropped).
-Rows with an unknown sex or age group form their own stratum ``unknown`` and are kept as they are.
+it are topped up with augmented duplicates, but a stratum grows to at most ``max_duplication`` x
+its own size (default 1.3, the paper's "mild oversampling (<= 1.3x)" of minority cells, Sec. 3.5),
+so a tiny stratum is not repeated many times over. Larger strata are kept whole (nothing is
+dropped). Rows with an unknown sex or age group form their own stratum ``unknown`` and are kept.
+
+How batches are balanced: the rebalanced index set is shuffled uniformly each epoch (the training
+loop's seeded ``DataLoader(shuffle=True)``), so a mini-batch holds stratum ``s`` in expected share
+``n_after(s) / N`` (reported as ``batch_share``). This approximates the paper's "uniform subgroup
+representation per mini-batch" only in expectation and only as far as the caps allow: where the
+duplication cap binds or a stratum is larger than the target, shares stay unequal (not forced).
 """
 
 from __future__ import annotations
@@ -28,9 +36,12 @@ def strata_of(frame, attributes=("sex", "age_group")) -> np.ndarray:
     return np.array(out, dtype=object)
 
 
-def balanced_indices(strata: np.ndarray, seed: int, max_ratio: float = 1.5) -> tuple[np.ndarray, np.ndarray, dict]:
+def balanced_indices(strata: np.ndarray, seed: int, max_ratio: float = 1.5,
+                     max_duplication: float = 1.3) -> tuple[np.ndarray, np.ndarray, dict]:
     """Row indices of the rebalanced training set (originals first, then duplicates), a flag per
-    index saying whether it is an oversampled duplicate (to augment), and the per-stratum sizes."""
+    index saying whether it is an oversampled duplicate (to augment), and a report: the target,
+    per-stratum sizes before / after, whether the duplication cap bound, and each stratum's
+    expected share of a mini-batch. ``strata``: (N,) names from :func:`strata_of`."""
     rng = np.random.default_rng(seed)
     names = sorted(set(strata) - {"unknown"})
     sizes = {s: int((strata == s).sum()) for s in names}
@@ -42,14 +53,19 @@ def balanced_indices(strata: np.ndarray, seed: int, max_ratio: float = 1.5) -> t
     report = {}
     for s in names:
         rows = np.flatnonzero(strata == s)
-        need = max(target - len(rows), 0)
+        cap = math.floor(max_duplication * len(rows))
+        need = max(min(target, cap) - len(rows), 0)
         if need:
             extra.append(rng.choice(rows, size=need, replace=need > len(rows)))
-        report[s] = {"n": len(rows), "n_after": len(rows) + need}
+        report[s] = {"n": len(rows), "n_after": len(rows) + need, "capped": cap < target}
     dup = np.concatenate(extra) if extra else np.array([], dtype=int)
     idx = np.concatenate([np.arange(len(strata)), dup]).astype(int)
     flags = np.concatenate([np.zeros(len(strata), bool), np.ones(len(dup), bool)])
-    return idx, flags, {"target": int(target), "strata": report}
+    n_unknown = int((strata == "unknown").sum())
+    for s in names:
+        report[s]["batch_share"] = round(report[s]["n_after"] / len(idx), 6)
+    return idx, flags, {"target": int(target), "max_ratio": max_ratio, "max_duplication": max_duplication,
+                        "strata": report, "n_unknown": n_unknown, "batching": "uniform shuffle of the rebalanced set"}
 
 
 def augment(x: torch.Tensor, gen: torch.Generator, max_degrees: float = 10.0, jitter: float = 0.1) -> torch.Tensor:

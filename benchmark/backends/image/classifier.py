@@ -6,6 +6,12 @@ Backbones (``extra.backbone``):
   from ``extra`` (image_size, patch_size, hidden_size, num_layers, num_heads) -- the CPU default;
   any other ``model`` is a local directory or hub id of a ViT checkpoint.
 - ``timm``: ``timm.create_model(model)`` -- optional extra; timm needs torchvision.
+- ``patchtst`` (the only backbone for cards with ``input_modality: signal``, e.g. PTB-XL):
+  transformers ``PatchTSTModel`` (Nie et al., ICLR 2023) over the (channels, T) waveform at its
+  declared rate. ``model: scratch`` builds it from ``extra`` (hidden_size, num_layers, num_heads and
+  ``patch_seconds``, the patch length in seconds, stride = length); any other ``model`` is a
+  PatchTST checkpoint. Features: each channel's patch tokens mean-pooled, channels concatenated
+  (N, channels x hidden) -- the pooling of ``PatchTSTForClassification``'s head.
 Training settings in ``extra``: head (finetune | linear_probe), epochs, lr, batch_size,
 weight_decay, patience, num_workers. Weights are saved as safetensors in the run directory and
 reused when the same run resumes.
@@ -25,10 +31,11 @@ from ...device import pick_device
 from ...errors import FairbenchError
 from ...requests import Request, Result
 from ..base import Backend, spec_digest
-from .inputs import TensorView, to_tensor
+from .inputs import TensorView, to_input
 from .train import TrainConfig, train_classifier
 
 SCRATCH = {"image_size": 64, "patch_size": 8, "hidden_size": 64, "num_layers": 4, "num_heads": 4, "channels": 1}
+SIGNAL = {"patch_seconds": 0.25}  # 0.25 s patches: 40 tokens per lead over a 10 s ECG
 TRAIN = {"head": "finetune", "epochs": 8, "lr": 1e-3, "batch_size": 64, "weight_decay": 0.01, "patience": None, "num_workers": 0}
 
 
@@ -43,6 +50,9 @@ class ImageClassifier(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "vit":
             return self.backbone(pixel_values=x).last_hidden_state[:, 0]
+        if self.kind == "patchtst":  # x: (N, channels, T); PatchTST takes (N, T, channels)
+            hidden = self.backbone(past_values=x.transpose(1, 2)).last_hidden_state  # (N, C, patches, D)
+            return hidden.mean(dim=2).flatten(1)
         return self.backbone(x)
 
     def forward(self, x: torch.Tensor, return_features: bool = False):
@@ -55,7 +65,8 @@ def _settings(spec, card) -> tuple[dict, dict]:
     arch = {**SCRATCH, "image_size": card.image_size}
     arch.update({k: v for k, v in spec.extra.items() if k in SCRATCH})
     train = {**TRAIN, **{k: v for k, v in spec.extra.items() if k in TRAIN}}
-    unknown = set(spec.extra) - set(SCRATCH) - set(TRAIN) - {"backbone", "mean", "std"}
+    arch.update({k: spec.extra.get(k, v) for k, v in SIGNAL.items()})
+    unknown = set(spec.extra) - set(SCRATCH) - set(SIGNAL) - set(TRAIN) - {"backbone", "mean", "std"}
     if unknown:
         raise FairbenchError(f'model "{spec.name}": unknown extra setting(s) {sorted(unknown)} for the classifier backend.')
     if train["head"] not in ("finetune", "linear_probe"):
@@ -66,6 +77,8 @@ def _settings(spec, card) -> tuple[dict, dict]:
 def build_classifier(spec, card, n_outputs: int) -> tuple[ImageClassifier, dict]:
     """The model and its input settings (size, channels, mean, std). Reused by mitigations."""
     arch, _ = _settings(spec, card)
+    if getattr(card, "input_modality", "image") == "signal":
+        return build_signal_classifier(spec, card, arch, n_outputs)
     backbone_kind = spec.extra.get("backbone", "vit")
     if backbone_kind == "timm":
         try:
@@ -101,10 +114,60 @@ def build_classifier(spec, card, n_outputs: int) -> tuple[ImageClassifier, dict]
     return ImageClassifier(net, net.config.hidden_size, n_outputs), inputs
 
 
+def build_signal_classifier(spec, card, arch: dict, n_outputs: int) -> tuple[ImageClassifier, dict]:
+    """A PatchTST backbone for a (channels, T) waveform; T and channels come from the card's signal block."""
+    from transformers import PatchTSTConfig, PatchTSTModel
+
+    sig = card.signal
+    backbone_kind = spec.extra.get("backbone", "patchtst")
+    if backbone_kind != "patchtst":
+        raise FairbenchError(
+            f'task {card.name} feeds a {sig.channels}-channel waveform (input_modality: signal); model "{spec.name}" asks '
+            f"for the image backbone {backbone_kind!r}. Use backbone: patchtst (the default for signal tasks)."
+        )
+    inputs = {"size": None, "channels": sig.channels, "mean": None, "std": None, "modality": "signal", "length": sig.length}
+    if spec.model == "scratch":
+        patch = max(1, round(float(arch["patch_seconds"]) * sig.sampling_rate))
+        if patch > sig.length:
+            raise FairbenchError(f'model "{spec.name}": extra.patch_seconds {arch["patch_seconds"]} is longer than the {sig.seconds} s signal.')
+        config = PatchTSTConfig(
+            num_input_channels=sig.channels, context_length=sig.length, patch_length=patch, patch_stride=patch,
+            d_model=arch["hidden_size"], num_hidden_layers=arch["num_layers"], num_attention_heads=arch["num_heads"],
+            ffn_dim=arch["hidden_size"] * 2,
+            # Inputs arrive standardised per lead (inputs.to_signal_tensor), so no second scaler. LayerNorm
+            # instead of the paper's BatchNorm: batch statistics would couple records and leads in training.
+            scaling=None, norm_type="layernorm", channel_attention=False,
+        )
+        net = PatchTSTModel(config)
+    else:
+        from transformers import AutoConfig
+
+        try:
+            # Check the architecture first: from_pretrained on another model type only warns and
+            # would leave random weights.
+            kind = AutoConfig.from_pretrained(spec.model, revision=spec.revision, trust_remote_code=spec.trust_remote_code).model_type
+            if kind != "patchtst":
+                raise FairbenchError(
+                    f'model "{spec.name}": {spec.model!r} is a {kind} checkpoint; task {card.name} (input_modality: signal) '
+                    "needs a PatchTST checkpoint or model: scratch."
+                )
+            net = PatchTSTModel.from_pretrained(spec.model, revision=spec.revision, trust_remote_code=spec.trust_remote_code)
+        except (OSError, ValueError) as exc:
+            raise FairbenchError(f'model "{spec.name}": cannot load PatchTST weights from {spec.model!r} ({str(exc).splitlines()[0]}).') from None
+        c = net.config
+        if (c.num_input_channels, c.context_length) != (sig.channels, sig.length):
+            raise FairbenchError(
+                f'model "{spec.name}": the checkpoint takes {c.num_input_channels} channels x {c.context_length} samples; '
+                f"task {card.name} declares {sig.channels} x {sig.length}."
+            )
+    return ImageClassifier(net, sig.channels * net.config.d_model, n_outputs, kind="patchtst"), inputs
+
+
 class ClassifierBackend(Backend):
     name = "classifier"
     methods = frozenset({"predict"})
     accepts_images = True
+    accepts_signals = True  # cards with input_modality: signal (a PatchTST backbone, see build_signal_classifier)
     trains = True
 
     def __init__(self, spec, card=None, seed: int = 0, quiet: bool = True):
@@ -124,8 +187,7 @@ class ClassifierBackend(Backend):
             raise FairbenchError(f'model "{spec.name}": extra.head must be finetune or linear_probe.')
 
     def _view(self, ds):
-        i = self.inputs
-        return TensorView(ds, i["size"], i["channels"], i["mean"], i["std"])
+        return TensorView(ds, **self.inputs)
 
     def fit(self, train, val, workdir: Path) -> dict:
         workdir = Path(workdir) / "model"
@@ -170,7 +232,7 @@ class ClassifierBackend(Backend):
         i, bs = self.inputs, int(self.train_cfg["batch_size"]) * 2
         out = []
         for start in range(0, len(readers), bs):
-            x = torch.stack([to_tensor(read(), i["size"], i["channels"], i["mean"], i["std"]) for read in readers[start:start + bs]])
+            x = torch.stack([to_input(read(), **i) for read in readers[start:start + bs]])
             logits = self.model(x.to(self.device)).float()
             probs = torch.softmax(logits, -1) if self.card.label_type == "multiclass" else torch.sigmoid(logits)
             out.append(probs.cpu().numpy().astype(np.float64))

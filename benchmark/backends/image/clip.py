@@ -101,6 +101,7 @@ class CLIPBackend(Backend):
                 logits = scale * torch.einsum("nd,lkd->nlk", img, text)
                 probs = torch.softmax(logits, -1)[..., 1]
             out.extend(Result(probs=p.tolist()) for p in probs.float().cpu().numpy().astype(np.float64))
+            self.report_progress(len(images))
         return out
 
     def describe(self) -> dict:

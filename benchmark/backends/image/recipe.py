@@ -10,10 +10,13 @@ Recipe parts (any combination; an empty recipe is plain ERM):
 - ``sample_weight: group_label`` -- inverse (group x label) frequency weights (reweighting);
 - ``adversary`` -- a gradient-reversal head predicting the group from the features;
 - ``balanced`` -- balanced intersectional sampling with augmented duplicates (FairMed-VLM);
-- ``fairmed`` -- concept alignment (InfoNCE against concept text embeddings, optionally with
-  demographic prompts) and the cross-group fairness regulariser;
+- ``fairmed`` -- concept alignment (InfoNCE against concept text embeddings), the demographic
+  prompt prepended to the model's input during training, the cross-group fairness regulariser
+  from epoch ``stage1_epochs + 1`` on, and model selection among those Stage-2 epochs;
 - ``lora`` -- LoRA adapters on the ViT's query / key / value;
 - ``mask`` + ``lr`` -- FairTune's per-block trainable mask and learning rate;
+- ``init`` -- start from pre-trained backbone weights (safetensors, checked by SHA-256), e.g. the
+  backbone FairTune pre-trains on a disjoint pretext task;
 - ``postprocess`` -- fairlearn ``ThresholdOptimizer`` fitted on validation predictions.
 """
 
@@ -53,7 +56,10 @@ class Adversary(_Strict):
 
 class FairMed(_Strict):
     concept: bool = True  # Stage 1 concept alignment (InfoNCE)
-    demographic_prompts: bool = True  # prefix concept texts with the row's demographics (training only)
+    # Paper 001 Sec. 3.3: "Patient: Female, Age group: 60-79." prepended to the model's input, in
+    # training only. A ViT has no text input: the prefix's sentence embedding, through a learned
+    # linear map, becomes one extra input token after [CLS] (see _demographic_prompt).
+    demographic_prompts: bool = True
     gamma: float = Field(1.0, ge=0)  # weight of L_concept in L_task
     tau_concept: float = Field(0.07, gt=0)
     fairness: bool = True  # Stage 2 regulariser
@@ -64,6 +70,9 @@ class FairMed(_Strict):
     margin: float = 0.3
     lambda_sigma: float = Field(1.0, ge=0)
     stage1_epochs: int = Field(1, ge=0)  # epochs before the fairness regulariser switches on
+    # Model selection: lowest validation loss among Stage-2 epochs (> stage1_epochs) only, so the
+    # kept checkpoint always had the fairness stage (recorded as report["selection"]).
+    selection: Literal["stage2-val-loss"] = "stage2-val-loss"
     attributes: list[str] = Field(default_factory=lambda: ["sex", "age_group"])
 
 
@@ -84,6 +93,28 @@ class Mask(_Strict):
     other: bool = True  # patch/position embeddings and the final layernorm
 
 
+class Init(_Strict):
+    """Pre-trained backbone weights to start from: a safetensors file and its SHA-256."""
+
+    backbone: str
+    sha256: str
+
+
+def load_init(model, init: Init) -> None:
+    """Load ``init`` into ``model.backbone`` (strict: every tensor must match). Raises FairbenchError
+    when the file is missing or its SHA-256 differs (the recipe was registered with other weights)."""
+    from safetensors.torch import load_file
+
+    path = Path(init.backbone)
+    if not path.is_file():
+        raise FairbenchError(f"recipe init.backbone: {path} not found; re-run `fairbench mitigate` to rebuild the pre-trained backbone.")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != init.sha256:
+        raise FairbenchError(f"recipe init.backbone: {path} has SHA-256 {digest[:12]}, the recipe expects {init.sha256[:12]}; "
+                             "re-run `fairbench mitigate` to register the current weights.")
+    model.backbone.load_state_dict(load_file(str(path)), strict=True)
+
+
 class Postprocess(_Strict):
     constraint: Literal["demographic_parity", "equalized_odds"] = "demographic_parity"
     attribute: str = "sex"
@@ -97,9 +128,11 @@ class Recipe(_Strict):
     adversary: Adversary | None = None
     balanced: bool = False
     balance_max_ratio: float = Field(1.5, ge=1)
+    balance_max_duplication: float = Field(1.3, ge=1)  # a stratum grows to at most this x its size
     fairmed: FairMed | None = None
     lora: Lora | None = None
     mask: Mask | None = None
+    init: Init | None = None
     lr: float | None = Field(None, gt=0)
     epochs: int | None = Field(None, gt=0)
     postprocess: Postprocess | None = None
@@ -241,12 +274,14 @@ class MitigatedClassifierBackend(ClassifierBackend):
             weight_decay=float(tc["weight_decay"]), seed=self.seed, device=str(self.device), num_workers=int(tc["num_workers"]),
             patience=None if tc["patience"] is None else int(tc["patience"]),
         )
+        if rec.init is not None:
+            load_init(self.model, rec.init)
         frame = train.frame
         train_view = self._view(train)
         order = np.arange(len(train))
         info: dict = {"recipe": rec.model_dump(mode="json", exclude_none=True)}
         if rec.balanced:
-            order, dup, binfo = balanced_indices(strata_of(frame), self.seed, rec.balance_max_ratio)
+            order, dup, binfo = balanced_indices(strata_of(frame), self.seed, rec.balance_max_ratio, rec.balance_max_duplication)
             train_view = BalancedView(train_view, order, dup, self.seed)
             info["balanced"] = binfo
         y = torch.as_tensor(self._labels(train)[order], dtype=torch.float32)
@@ -272,10 +307,19 @@ class MitigatedClassifierBackend(ClassifierBackend):
                 return adv.weight * nn.functional.cross_entropy(logits, gb[ok])
 
             hooks.append(adversary_loss)
+        before_forward = prompt_handle = None
         if rec.fairmed is not None:
-            hook, params = self._fairmed_hook(rec.fairmed, frame, order, y, cfg, len(train_view))
+            fm = rec.fairmed
+            if cfg.epochs <= fm.stage1_epochs:
+                raise FairbenchError(f"fairmed recipe: epochs ({cfg.epochs}) must exceed fairmed.stage1_epochs ({fm.stage1_epochs}) "
+                                     "so that Stage 2 runs and a Stage-2 checkpoint can be selected.")
+            cfg.select_from = fm.stage1_epochs + 1
+            hook, params, terms = self._fairmed_hook(fm, frame, order, y, cfg, len(train_view))
             hooks.append(hook)
             extra += params
+            if fm.demographic_prompts:
+                before_forward, prompt_handle, params = self._demographic_prompt(frame, order)
+                extra += params
         peft_config = None
         if rec.lora is not None:
             from peft import LoraConfig
@@ -293,9 +337,16 @@ class MitigatedClassifierBackend(ClassifierBackend):
         report = train_classifier(
             self.model, train_view, self._view(val), cfg, multiclass=self.card.label_type == "multiclass",
             sample_weight=sample_weight, loss_hook=loss_hook if hooks else None, extra_parameters=extra or None,
-            peft_config=peft_config, trainable=trainable, progress=progress,
+            peft_config=peft_config, trainable=trainable, before_forward=before_forward, progress=progress,
         )
+        if prompt_handle is not None:
+            prompt_handle.remove()
         self.report = {**report.as_dict(), **info}
+        if rec.fairmed is not None:
+            # Per-epoch means of the FairMed terms (Stage 1 has no supcon / dist) and the kept checkpoint.
+            self.report["fairmed_terms"] = {k: [None if x is None else round(x, 6) for x in v] for k, v in terms.items()}
+            self.report["selection"] = {"criterion": rec.fairmed.selection, "eligible_epochs": [cfg.select_from, report.epochs_run],
+                                        "epoch": report.best_epoch, "stage": 2 if report.best_epoch >= cfg.select_from else 1}
         if rec.postprocess is not None:
             self._fit_postprocess(rec.postprocess, val)
             self.report["postprocess"] = self.post_info
@@ -303,25 +354,30 @@ class MitigatedClassifierBackend(ClassifierBackend):
         return self.report
 
     def _fairmed_hook(self, fm: FairMed, frame, order, y, cfg: TrainConfig, n_rows: int):
+        """The FairMed loss hook (concept InfoNCE; from Stage 2 on, lambda x fairness regulariser), its
+        extra parameters and the per-epoch means of its terms (filled while training)."""
         strata = strata_of(frame)[order]
-        s_codes, s_names = codes(strata)
+        s_codes, _ = codes(strata)
         s_codes[strata == "unknown"] = -1
         attr = np.stack([codes(frame[a])[0][order] for a in fm.attributes], 1) if fm.attributes else np.zeros((len(order), 0), int)
         s_t, a_t = torch.as_tensor(s_codes), torch.as_tensor(attr)
-        concepts = concept_texts(self.card)
         params: list[nn.Parameter] = []
-        proj = cand = None
+        proj = concepts = None
         if fm.concept and fm.gamma > 0:
-            if fm.demographic_prompts:
-                texts = [demographic_prefix(s) + c for s in s_names + ["unknown"] for c in concepts]
-                emb = embed_texts(texts).reshape(len(s_names) + 1, len(concepts), -1)
-            else:
-                emb = embed_texts(concepts)[None]
-            cand = emb.to(self.device)
-            proj = nn.Linear(self.model.head.in_features, emb.shape[-1]).to(self.device)
+            # Plain concept texts: the demographic prompt belongs to the input, not to the targets.
+            concepts = embed_texts(concept_texts(self.card)).to(self.device)
+            proj = nn.Linear(self.model.head.in_features, concepts.shape[-1]).to(self.device)
             params += list(proj.parameters())
         steps_per_epoch = math.ceil(n_rows / cfg.batch_size)
         calls = {"n": 0}
+        sums: dict[str, list[float]] = {}
+        terms: dict[str, list[float]] = {}
+
+        def record(epoch: int, name: str, value: float) -> None:
+            acc = sums.setdefault(name, [])
+            acc.extend([None] * (epoch + 1 - len(acc)))  # None: the term was off in that epoch (Stage 1)
+            acc[epoch] = (acc[epoch] or 0.0) + value
+            terms[name] = [None if v is None else v / steps_per_epoch for v in acc]
 
         def hook(b: HookBatch) -> torch.Tensor:
             epoch = calls["n"] // steps_per_epoch
@@ -333,18 +389,55 @@ class MitigatedClassifierBackend(ClassifierBackend):
                 return loss
             f, yk = b.features[ok], yb[ok].long()
             if proj is not None:
-                sb = s_t[b.index].to(b.features.device)[ok]
-                rows = cand[sb.clamp(min=-1) % cand.shape[0]] if cand.shape[0] > 1 else cand[0]
-                loss = loss + fm.gamma * concept_infonce(proj(f), rows, yk, fm.tau_concept)
+                lc = concept_infonce(proj(f), concepts, yk, fm.tau_concept)
+                loss = loss + fm.gamma * lc
+                record(epoch, "concept", float(lc.detach()))
             if fm.fairness and fm.lam > 0 and epoch >= fm.stage1_epochs:
-                fair, _ = fairness_loss(
+                fair, parts = fairness_loss(
                     f, yk, s_t[b.index].to(f.device)[ok], a_t[b.index].to(f.device)[ok],
                     eta1=fm.eta1, eta2=fm.eta2, tau=fm.tau, margin=fm.margin, lambda_sigma=fm.lambda_sigma,
                 )
                 loss = loss + fm.lam * fair
+                for k, v in parts.items():
+                    record(epoch, k, v)
             return loss
 
-        return hook, params
+        return hook, params, terms
+
+    def _demographic_prompt(self, frame, order):
+        """Paper 001's demographic prompt, prepended to the model's input during training only.
+
+        The prefix text ("Patient: Female, Age group: 60-79.", or "Patient: demographics not
+        recorded." for an unknown stratum) is embedded by the offline sentence embedder; a learned
+        linear map turns it into one token inserted after [CLS] by a forward hook on the ViT's
+        embeddings. The hook acts only in training mode and only on a batch announced by
+        ``before_forward``, so validation and inference see the plain image sequence (the paper:
+        "used only during training and omitted at inference"). Returns (before_forward, hook
+        handle, parameters)."""
+        if self.model.kind != "vit":
+            raise FairbenchError("fairmed.demographic_prompts needs the vit backbone (it prepends an input token); "
+                                 "set fairmed.demographic_prompts: false for a timm backbone.")
+        strata = strata_of(frame)[order]
+        names = sorted(set(strata) - {"unknown"})
+        index = {s: i for i, s in enumerate(names)}
+        row_code = torch.as_tensor([index.get(s, len(names)) for s in strata])
+        texts = [demographic_prefix(s).strip() for s in names] + ["Patient: demographics not recorded."]
+        emb = embed_texts(texts).to(self.device)
+        proj = nn.Linear(emb.shape[-1], self.model.backbone.config.hidden_size).to(self.device)
+        state: dict = {"index": None}
+
+        def before_forward(index: torch.Tensor) -> None:
+            state["index"] = index
+
+        def insert(module, inputs, output):
+            index, state["index"] = state["index"], None
+            if index is None or not module.training:
+                return output
+            token = proj(emb[row_code[index].to(emb.device)]).to(output.dtype)[:, None]
+            return torch.cat([output[:, :1], token, output[:, 1:]], dim=1)
+
+        handle = self.model.backbone.embeddings.register_forward_hook(insert)
+        return before_forward, handle, list(proj.parameters())
 
     # ----- post-processing (fitted on validation, applied unchanged to test) -----
     def _scores(self, probs: np.ndarray) -> np.ndarray:

@@ -11,7 +11,10 @@ for the imaging mitigations: reweighting, adversarial debiasing, FairTune, FairM
 - ``peft_config``: a ``peft`` config applied to ``model.backbone`` (LoRA etc.); the head stays trainable.
 - ``trainable``: a predicate on parameter names (FairTune's choice of what to fine-tune).
 
-Model selection uses the validation loss only (never test). Seeded: one seed drives init,
+- ``before_forward(index)``: called with the batch's row indices before each training forward pass
+  (e.g. to prepend a per-row token during training only).
+
+Model selection uses the validation loss only (never test), among epochs ``>= config.select_from``. Seeded: one seed drives init,
 shuffling and dropout.
 """
 
@@ -41,6 +44,9 @@ class TrainConfig:
     device: str = "cpu"
     num_workers: int = 0
     patience: int | None = None  # stop after this many epochs without a better val loss
+    # First (1-based) epoch eligible for model selection: a two-stage method (FairMed-VLM) selects
+    # among its second-stage epochs only, so selection cannot return a first-stage checkpoint.
+    select_from: int = 1
 
 
 @dataclass
@@ -108,10 +114,12 @@ def train_classifier(
     extra_parameters: list[torch.nn.Parameter] | None = None,
     peft_config=None,
     trainable: Callable[[str], bool] | None = None,
+    before_forward: Callable[[torch.Tensor], None] | None = None,
     progress: Callable[[int, float, float], None] | None = None,
 ) -> TrainReport:
     """Train ``model`` in place on the torch datasets ``train`` / ``val`` (items ``(x, target, index)``)
-    and leave it holding the weights of the epoch with the lowest validation loss."""
+    and leave it holding the weights of the epoch with the lowest validation loss among epochs
+    ``>= config.select_from`` (the last epoch if training stops before any is eligible)."""
     seed_everything(config.seed)
     device = torch.device(config.device)
     if peft_config is not None:
@@ -134,6 +142,8 @@ def train_classifier(
         total, n = 0.0, 0
         for x, t, idx in loader:
             x, t = x.to(device), t.to(device)
+            if before_forward is not None:
+                before_forward(idx)
             logits, feats = model(x, return_features=True)
             per_row = base_loss(logits, t, multiclass)
             if weights is not None:
@@ -155,6 +165,8 @@ def train_classifier(
         report.epochs_run = epoch + 1
         if progress is not None:
             progress(epoch + 1, report.train_loss[-1], vloss)
+        if epoch + 1 < config.select_from:
+            continue
         if vloss < best:
             best, stale, report.best_epoch = vloss, 0, epoch + 1
             best_state = copy.deepcopy(model.state_dict())

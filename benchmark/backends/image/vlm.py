@@ -149,6 +149,7 @@ class VLMBackend(Backend):
                 for i, a in zip(idx, got):
                     answers[i] = a
             out.extend(Result(option_logprobs=a["option_logprobs"], rendered_prompt=self.render(r.prompt)) for a, r in zip(answers, batch))
+            self.report_progress(len(batch))
         return out
 
     def generate(self, requests: list[Request]) -> list[Result]:
@@ -157,6 +158,7 @@ class VLMBackend(Backend):
             # One greedy pass per batch at the batch's longest budget (an image task gives every request the same one).
             texts = self.generate_texts(images, prompts, max(r.max_new_tokens for r in batch))
             out.extend(Result(raw_output=t, rendered_prompt=self.render(r.prompt)) for t, r in zip(texts, batch))
+            self.report_progress(len(batch))
         return out
 
     # ---------- choice scoring ----------

@@ -30,7 +30,8 @@ class ImagingDataset:
     frame: pd.DataFrame
     label_type: str
     labels: list[str]
-    # Reads one row's input as float32 in [0, 1]: (H, W) grey or (H, W, 3) colour.
+    # Reads one row's input as float32: an image in [0, 1], (H, W) grey or (H, W, 3) colour; or, for
+    # cards with input_modality: signal, a (channels, T) waveform in its physical unit.
     reader: Callable[[pd.Series], np.ndarray]
     report: LoadReport = field(default_factory=LoadReport)
     files: list[Path] = field(default_factory=list)

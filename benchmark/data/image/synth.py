@@ -52,6 +52,13 @@ def _opt(card, key):
 
 
 def generate(card) -> tuple[pd.DataFrame, np.ndarray]:
+    """The card's images (n, size, size) float32 in [0, 1] and their frame (one row per image)."""
+    frame, images, _ = _simulate(card)
+    return frame, images
+
+
+def _simulate(card) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """:func:`generate` plus the lesion's horizontal position in [0, 1] (< 0.5: the image's left lung)."""
     n, size = int(_opt(card, "n")), int(_opt(card, "size"))
     if n < 30 or size < 16:
         raise FairbenchError(f"task {card.name}: loader_options.n must be >= 30 and size >= 16.")
@@ -98,7 +105,30 @@ def generate(card) -> tuple[pd.DataFrame, np.ndarray]:
         }
     )
     frame["split"] = patient_split(frame["patient_id"], card.split_fractions, card.split_seed).to_numpy()
-    return frame, images
+    return frame, images, cx
+
+
+PRETEXT_LABELS = ("lesion", "lesion_left")
+
+
+def pretext(card, split_seed: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """A disjoint pretext task for pre-training a backbone (FairTune needs a pre-trained model).
+
+    Images of the card's generator from another ``split_seed`` (so none is a task image), with the
+    demographic signal removed: no sex band (``shortcut_strength`` 0), equal base rates (0.5) and
+    equal lesion contrast by sex. Two planted targets, (n, 2) float32: lesion present, and lesion in
+    the image's left lung (NaN = masked where there is no lesion), i.e. detect *and* lateralise.
+    Raises FairbenchError if ``split_seed`` equals the card's (the images would be the task's own)."""
+    if int(split_seed) == int(card.split_seed):
+        raise FairbenchError(f"task {card.name}: the pretext split_seed must differ from the card's ({card.split_seed}), "
+                             "or the pre-training images would be the task's own.")
+    options = {**card.loader_options, "n": int(n), "shortcut_strength": 0.0,
+               "base_rates": {"female": 0.5, "male": 0.5}, "lesion_contrast": {"female": 1.0, "male": 1.0}}
+    other = card.model_copy(update={"split_seed": int(split_seed), "loader_options": options})
+    frame, images, cx = _simulate(other)
+    y = frame[card.labels[0]].to_numpy(dtype=np.float32)
+    left = np.where(y == 1, (cx < 0.5).astype(np.float32), np.nan).astype(np.float32)
+    return images, np.stack([y, left], 1)
 
 
 def load_synth_xray(card, root, report: LoadReport):

@@ -32,12 +32,19 @@ class ImageKind(Kind):
                 f'task {self.card.name} is an imaging task but model "{model_spec.name}" uses the text backend '
                 f'"{model_spec.backend}". Use a classifier, clip, vlm or openai (served VLM) model (fairbench list models).'
             )
+        if self.card.input_modality == "signal" and not getattr(backend_cls, "accepts_signals", False):
+            raise FairbenchError(
+                f'task {self.card.name} feeds a {self.card.signal.channels}-channel waveform (input_modality: signal), which '
+                f'the {model_spec.backend} backend of model "{model_spec.name}" cannot read. Use a classifier model (a PatchTST backbone).'
+            )
 
     def prepare(self, spec, model_spec, models, backend_cls) -> Prepared:
         card = self.card
         ds = load_dataset(card, spec.data_dir)
         n_available = len(ds)
         ds = limit_dataset(ds, spec.limit)
+        if getattr(spec, "sample", None) is not None:
+            raise FairbenchError(f"task {card.name}: --sample is for text tasks; imaging tasks take --limit.")
         train, val = ds.split("train"), ds.split("val")
         frame = ds.frame[ds.frame["split"].isin(["val", "test"])].reset_index(drop=True)
         evaluated = ImagingDataset(frame, ds.label_type, ds.labels, ds.reader, ds.report, ds.files)

@@ -54,7 +54,8 @@ def frame(rows: list[dict], card: TaskCard) -> pd.DataFrame:
             "decision": s["decision"],
             "correct": s.get("correct"),
             "probs": s.get("probs"),
-            "options": row["options"],
+            # option-text modes score the texts; the audit compares the labels ("A".."E")
+            "options": (row.get("meta") or {}).get("option_labels") or row["options"],
             "reference": (row.get("meta") or {}).get("reference", ""),
         }
         rec.update({a: row["attributes"][a] for a in attrs})
@@ -93,6 +94,11 @@ def headline(audit: dict, card: TaskCard) -> dict:
     for name in ("cf_flip_rate", "cf_mean_abs_delta", "cf_spread", "accuracy"):
         if name in q:
             out[name] = q[name]
+    paired = q.get("paired_accuracy") or {}
+    if len(paired) == 1:
+        deltas = next(iter(paired.values()))["delta_vs_reference"]
+        if len(deltas) == 1:  # two groups: one signed accuracy difference (value - reference)
+            out["accuracy_delta"] = next(iter(deltas.values()))
     inter = q.get("attributes", {}).get("intersection") or next(iter(q.get("attributes", {}).values()), {})
     if "dp_gap" in inter:
         out["dp_gap"] = inter["dp_gap"]
@@ -121,6 +127,10 @@ def headline_significance(audit: dict, card: TaskCard) -> dict:
     key = "intersection" if "intersection" in attrs else next(iter(attrs), None)
     by_target = {t["target"]: t for t in audit.get("tests", []) if t.get("paired")}
     out = {}
+    paired = audit["questions"].get(primary, {}).get("paired_accuracy") or {}
+    if len(paired) == 1 and f"{primary}/{next(iter(paired))}/correct" in by_target:
+        t = by_target[f"{primary}/{next(iter(paired))}/correct"]
+        out["accuracy_delta"] = {"test": t["test"], "target": t["target"], "p_adjusted": t["p_adjusted"], "significant": t["significant"]}
     for metric, kind in SIGNIFICANCE_TESTS.items():
         t = by_target.get(f"{primary}/{key}/{kind}")
         if t is not None:

@@ -3,14 +3,33 @@ answers -> the audits the card names (counterfactual by default)."""
 
 from __future__ import annotations
 
-from ...data.cases import first_cases
+from ...data.cases import first_cases, sample_cases
 from ...data.split import restrict
 from ...data.text import load_cases
 from ...errors import FairbenchError, unknown
 from ..base import Kind, Prepared
+from ..options import NORMALIZATIONS
 from .evaluate import evaluate
 from .expand import expand, variant_id
 from .prompts import build_requests
+
+
+def _ids_digest(cases) -> str:
+    """SHA-256 of the sorted case ids: which cases a sampled run audited, comparable across runs."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(sorted({c.case_id for c in cases})).encode()).hexdigest()
+
+
+def option_scoring(card, mode: str) -> dict | None:
+    """What results.json records of an option-text mode (None for a labels mode): the scoring, the
+    declared normalisation, its definition and the continuation's form."""
+    m = card.prompt_modes[mode]
+    if m.scoring != "option_text":
+        return None
+    return {"scoring": "option_text", "normalization": m.normalization, "definition": NORMALIZATIONS[m.normalization],
+            "continuation": '" " + option text after the prompt (plain models); the bare option text as the '
+                            "assistant's reply (chat templates)"}
 
 
 class TextKind(Kind):
@@ -30,6 +49,13 @@ class TextKind(Kind):
         mode = spec.prompt_mode or card.default_mode
         if mode not in card.prompt_modes:
             raise unknown("prompt mode", mode, card.prompt_modes, where=f"task {card.name}")
+        scoring = option_scoring(card, mode)
+        if scoring and not backend_cls.scores_continuations(model_spec):
+            raise FairbenchError(
+                f'model "{model_spec.name}": backend {backend_cls.name} cannot score mode {mode} of task {card.name} '
+                f"(scoring: option_text needs the exact log-probability of every token of each option text). "
+                f"Use a labels mode, or backend hf, llamacpp, vllm or openai with scoring_endpoint: completions."
+            )
         cases, report, files = load_cases(card, spec.data_dir)
         n_cases_total = len({c.case_id for c in cases})
         # A derived model is audited on the cases its mitigation never saw (data/split.py).
@@ -37,10 +63,14 @@ class TextKind(Kind):
         cases, split_info = restrict(cases, source, card.name, required=spec.cases_from is not None)
         if spec.limit is not None:
             cases = first_cases(cases, spec.limit)  # N case ids, all their (pre-expanded) rows
+        if getattr(spec, "sample", None) is not None:
+            cases = sample_cases(cases, spec.sample, spec.seed)  # N case ids at random, seeded by --seed
         variants = expand(cases, card.counterfactual, spec.seed, report)
         requests = build_requests(card, variants, mode, spec.seed,
                                   max_new_tokens=model_spec.generation.max_new_tokens, temperature=spec.temperature)
-        run_info = {"prompt_mode": mode, "n_cases": len({c.case_id for c in cases}), "n_cases_available": n_cases_total,
+        run_info = {"prompt_mode": mode, **({"option_scoring": scoring} if scoring else {}),
+                    "n_cases": len({c.case_id for c in cases}), "n_cases_available": n_cases_total,
+                    **({"sample": spec.sample, "sample_case_ids_sha256": _ids_digest(cases)} if getattr(spec, "sample", None) else {}),
                     **split_info}
         data_report = {"quirks": sorted(set(report.quirks)), "skipped": report.skipped}
         return Prepared(requests, mode, run_info, files, data_report, heldout=split_info.get("eval_case_ids_sha256"))

@@ -43,6 +43,21 @@ def option_list(labels: list[str], wordings: list[str]) -> str:
     return "\n".join(f"{lab}. {w}" if w else lab for lab, w in zip(labels, wordings))
 
 
+def option_texts(q: Question, labels: list[str], wordings: list[str], source: str, mode_name: str) -> list[str]:
+    """The continuations an ``option_text`` mode scores: each option's wording, or its label where
+    it has none ("Yes"). They must differ (ignoring case and surrounding space), else two options
+    would get the same score."""
+    texts = [(w or lab).strip() for lab, w in zip(labels, wordings)]
+    lowered = [t.lower() for t in texts]
+    dupes = sorted({t for t, low in zip(texts, lowered) if lowered.count(low) > 1})
+    if dupes:
+        raise FairbenchError(
+            f"{source}: question {q.id} has option texts {', '.join(map(repr, dupes))} more than once; mode {mode_name} "
+            f"(scoring: option_text) cannot tell them apart. Fix the data or use a mode that scores the labels."
+        )
+    return texts
+
+
 def applies(q: Question, fields: dict[str, str]) -> bool:
     return all(fields.get(k) == v for k, v in q.applies_to.items())
 
@@ -92,13 +107,17 @@ def build_requests(
                     f"task {card.name}: template of mode {mode_name} or question {q.id} uses "
                     f"{{{exc.args[0]}}}, which the loader does not provide."
                 ) from None
+            scored, extra = labels, {}
+            if mode.scoring == "option_text":
+                scored = option_texts(q, labels, wordings, v.case.source, mode_name)
+                extra = {"option_labels": labels, "option_scoring": {"scoring": "option_text", "normalization": mode.normalization}}
             requests.append(
                 Request(
                     case_id=v.case.case_id,
                     question_id=q.id,
                     attributes=v.attributes,
                     prompt=prompt.strip(),
-                    options=labels,
+                    options=scored,
                     method=mode.method,
                     max_new_tokens=mode.max_new_tokens or max_new_tokens,
                     temperature=temperature,
@@ -107,6 +126,7 @@ def build_requests(
                         "subset": v.case.subset,
                         "reference": v.fields.get(q.reference_field or "", ""),
                         **({"option_wordings": wordings} if any(wordings) else {}),
+                        **extra,
                     },
                 )
             )

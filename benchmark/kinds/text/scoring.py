@@ -1,7 +1,8 @@
 """Scoring: a stored raw result -> an outcome. "invalid" is an outcome too, counted, never dropped;
 ``invalid_reason`` says why.
 
-- choice: option probabilities are the softmax of the option log-likelihoods over the option set;
+- choice: option probabilities are the softmax of the option log-likelihoods over the option set
+  (option-text modes: of the declared length-normalised log-likelihoods, :func:`choice_probabilities`);
   scores that cannot tell the options apart (ties, impossible values, a wrong number of scores) make
   the row invalid (benchmark.kinds.options).
 - generate: the answer is parsed from the text (:func:`parse_answer`); its probability vector is one-hot.
@@ -12,7 +13,7 @@ from __future__ import annotations
 import re
 
 from ...cards.text import Question
-from ..options import score_options
+from ..options import normalise_scores, score_options
 
 # An explicit answer: "Answer:", "Final answer -", "**Answer**:", '"answer": ', "the answer is",
 # "my answer would be". "Answer with Yes or No" (the prompt's instruction) is not one: a separator
@@ -131,15 +132,35 @@ def parse_answer(text: str | None, options: list[str], wordings: list[str] | Non
     return None
 
 
+def choice_probabilities(row: dict) -> tuple[list[float] | None, str | None]:
+    """(one probability per option, None) or (None, invalid reason) for a choice row.
+
+    Labels mode: the softmax of the option log-likelihoods over the option set. Option-text mode
+    (``meta.option_scoring``, see ``PromptMode.scoring``): the stored log-likelihoods are the sums over
+    each option text's tokens; they are checked as they are (a sum above 0 is impossible), then divided
+    by the declared length (:func:`benchmark.kinds.options.normalise_scores`), and the probabilities are
+    the softmax of the normalised scores, so the highest is the chosen option. With ``none`` they are
+    the model's probabilities over the option set; with ``chars``/``bytes`` a per-character (per-byte)
+    ranking score, not a probability of the model."""
+    texts = row["options"]
+    probs, reason = score_options(row.get("option_logprobs") or [], texts)
+    scoring = (row.get("meta") or {}).get("option_scoring")
+    if probs is None or not scoring or scoring.get("normalization", "none") == "none":
+        return probs, reason
+    normalised = normalise_scores([float(x) for x in row["option_logprobs"]], texts, scoring["normalization"])
+    return score_options(normalised, texts, log_likelihoods=False)
+
+
 def score_row(row: dict, question: Question) -> dict:
-    """Outcome fields for one stored request row."""
-    options = row["options"]
+    """Outcome fields for one stored request row. In option-text mode the row's ``options`` are the
+    scored texts and ``meta.option_labels`` the labels the answer is reported in ("A".."E")."""
+    options = (row.get("meta") or {}).get("option_labels") or row["options"]
     # A serving backend that could not read every option's log-probability generated an answer
     # instead and marked the row (extra.choice_fallback): it is parsed like a generate row.
     fallback = bool((row.get("extra") or {}).get("choice_fallback"))
     reason = None
     if row["method"] == "choice" and not fallback:
-        probs, reason = score_options(row.get("option_logprobs") or [], options)
+        probs, reason = choice_probabilities(row)
         answer = options[max(range(len(options)), key=lambda i: probs[i])] if probs else None
     else:
         answer = parse_answer(row.get("raw_output"), options, (row.get("meta") or {}).get("option_wordings"))
