@@ -35,8 +35,14 @@ def _values(results: list[dict]) -> dict[str, list[float | None]]:
     return {k: [r["metrics"].get(k, {}).get("value") for r in results] for k in names}
 
 
-def mean_ci(xs: list[float | None]) -> dict:
-    """Mean, SD and 95% t-interval over seeds (None values are left out and counted)."""
+# Metrics whose values lie in [0, 1] (rates, AUCs, accuracies, calibration errors and their max - min
+# gaps): their t-interval over seeds is clipped to it, so a gap never reads as "[-0.009, 0.066]".
+UNIT_INTERVAL = re.compile(r"(auc|accuracy|rate|gap|eod|ece|underdiag)", re.IGNORECASE)
+
+
+def mean_ci(xs: list[float | None], bounds: tuple[float, float] | None = None) -> dict:
+    """Mean, SD and 95% t-interval over seeds (None values are left out and counted); with ``bounds``
+    (the metric's domain) the interval is clipped to it."""
     x = np.array([v for v in xs if v is not None], dtype=float)
     out = {"values": xs, "n_seeds": int(len(x)), "n_missing": int(len(xs) - len(x))}
     if len(x) == 0:
@@ -46,7 +52,10 @@ def mean_ci(xs: list[float | None]) -> dict:
         return {**out, "mean": r6(mean), "sd": None, "ci_low": None, "ci_high": None}
     sd = float(x.std(ddof=1))
     half = float(sps.t.ppf(0.975, len(x) - 1)) * sd / math.sqrt(len(x))
-    return {**out, "mean": r6(mean), "sd": r6(sd), "ci_low": r6(mean - half), "ci_high": r6(mean + half)}
+    lo, hi = mean - half, mean + half
+    if bounds is not None:
+        lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
+    return {**out, "mean": r6(mean), "sd": r6(sd), "ci_low": r6(lo), "ci_high": r6(hi)}
 
 
 def paired_t(a: list[float | None], b: list[float | None], target: str) -> TestResult:
@@ -126,9 +135,9 @@ def summarize(results: list[dict], run_dirs: list[Path]) -> dict:
         "prompt_mode": results[0]["run"].get("prompt_mode"),
         "seeds": [r["run"]["seed"] for r in results],
         "runs": [str(d) for d in run_dirs],
-        "metrics": {k: mean_ci(v) for k, v in _values(results).items()},
+        "metrics": {k: mean_ci(v, (0.0, 1.0) if UNIT_INTERVAL.search(k) else None) for k, v in _values(results).items()},
         "tests": [_as_dict(t) for t in tests],
-        "definitions": {"ci": "95% t-interval of the mean over seeds", "tests": "paired across seeds, Holm-corrected"},
+        "definitions": {"ci": "95% t-interval of the mean over seeds, clipped to [0, 1] for rates, AUCs and their gaps", "tests": "paired across seeds, Holm-corrected"},
     }
 
 

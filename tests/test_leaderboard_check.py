@@ -370,3 +370,19 @@ def test_leaderboard_reference_deltas_flag_a_planted_difference_and_say_ns_other
     _set_logprobs(p4, _biased)
     flip = next(c for c in versus_reference(b4, p4).comparisons if c.metric == "cf_flip_rate")
     assert flip.diff == 1.0 and flip.p_value == pytest.approx(2 / 2**4) and not flip.significant
+
+
+def test_rescoring_with_other_code_is_recorded_and_shown(tiny_run, tmp_path):
+    """`fairbench score` with another commit than the run's: results record the scoring commit, and the
+    board's commit column names both (model outputs of one, statistics of the other)."""
+    run_dir = _copy(tiny_run, tmp_path / "r")
+    man = json.loads((run_dir / "manifest.json").read_text())
+    man["git"] = {"commit": "0123456789abcdef", "dirty": False}
+    (run_dir / "manifest.json").write_text(json.dumps(man))
+    assert main(["score", str(run_dir), "-q"]) == 0
+    from benchmark.manifest import git_commit
+
+    assert json.loads((run_dir / "results.json").read_text())["run"]["rescored"] == {"git": git_commit()}
+    out = tmp_path / "lb" / "r"
+    assert main(["leaderboard", str(run_dir), "-o", str(out), "--no-plots"]) == 0
+    assert pd.read_csv(out.with_name("r.csv")).loc[0, "git_commit"].startswith("0123456789ab (scored ")

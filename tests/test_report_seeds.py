@@ -150,3 +150,16 @@ def test_rows_are_paired_against_their_like_for_like_control(tmp_path):
     assert seeds.METRICS[:3] == ["eod", "auc_gap", "underdiag_gap"] and seeds.METRICS[-1] == "dp_gap"
     assert main(["leaderboard", str(erm), str(fair), "-o", str(out), "--reference", "erm", "--control", "nonsense"]) == 2
     assert main(["leaderboard", str(erm), str(fair), "-o", str(out), "--reference", "erm", "--control", "*fair-lora=erm+lora"]) == 2
+
+
+def test_seed_intervals_stay_in_the_unit_interval_for_rates_aucs_and_gaps():
+    """Five seeds of a small gap: the raw t-interval dips below 0; a gap's (and an AUC's) interval is
+    clipped to [0, 1], other metrics are not."""
+    from benchmark.seeds import UNIT_INTERVAL, mean_ci
+
+    xs = [0.0, 0.01, 0.09, 0.0, 0.04]
+    raw, clipped = mean_ci(xs), mean_ci(xs, (0.0, 1.0))
+    assert raw["ci_low"] < 0 and clipped["ci_low"] == 0.0 and clipped["ci_high"] == raw["ci_high"]
+    assert mean_ci([0.99, 1.0, 0.97, 1.0, 0.999], (0.0, 1.0))["ci_high"] == 1.0
+    assert all(UNIT_INTERVAL.search(m) for m in ("eod", "auc_gap", "underdiag_gap", "worst_group_auc", "accuracy", "dp_gap"))
+    assert not UNIT_INTERVAL.search("cf_mean_abs_delta")

@@ -158,6 +158,21 @@ def test_gap_reports_its_permutation_null(card):
     assert g2["p_value"] < 0.01 and g2["ci_low"] > 0 and g2["ci_low"] <= 0.1 <= g2["ci_high"]
 
 
+def test_gap_interval_never_leaves_the_domain_of_a_rate():
+    """A large decision-rate gap on few cases: point + the simultaneous bootstrap half-width exceeds 1
+    (as gemma3-270m's Q-Pain dp_gap 0.78 [0.52, 1.04] did); the interval is capped at the largest gap
+    the values allow, and only there."""
+    from benchmark.audits import stats as st
+
+    rng = np.random.default_rng(3)
+    n, labels = 12, [0, 1, 2, 3]
+    values = np.column_stack([rng.random(n) < p for p in (0.05, 0.5, 0.6, 0.95)]).astype(float)
+    free = st.gap_inference(values, labels, 4, np.random.default_rng(0), 2000)
+    capped = st.gap_inference(values, labels, 4, np.random.default_rng(0), 2000, max_gap=1.0)
+    assert free["ci_high"] > 1.0 and capped["ci_high"] == 1.0
+    assert {k: v for k, v in capped.items() if k != "ci_high"} == {k: v for k, v in free.items() if k != "ci_high"}
+
+
 def test_float_noise_in_inputs_stays_within_the_stated_bound(card):
     """README: another batch size moves log-likelihoods by up to 1e-5; every figure moves by at most
     1e-4, except interval ends from resampling and permutation p-values, which may move by one

@@ -94,9 +94,10 @@ class CounterfactualAudit:
         return stats.estimate(point, lo, hi, len(per_case), ci_method="wilson", n_eff=stats.num(n_eff))
 
     def _gap(self, df: pd.DataFrame, column: str, values: list[str], value_col: str, qid: str, name: str,
-             unmeasurable: list[str]) -> dict:
+             unmeasurable: list[str], max_gap: float | None = None) -> dict:
         """max - min over the groups of ``column`` with its permutation null and interval; undefined
-        when a group cannot be measured. The permutation test joins the run's test family."""
+        when a group cannot be measured. The permutation test joins the run's test family.
+        ``max_gap``: the largest gap the values allow (1 for decisions and P(yes)), the interval's cap."""
         target = f"{qid}/{column}/{name}"
         valid = df[df["valid"]]
         n_cases = int(valid["case_id"].nunique())
@@ -112,7 +113,7 @@ class CounterfactualAudit:
                   .pivot_table(index="case_id", columns="variant", values="_v", aggfunc="mean")
                   .reindex(columns=variants).to_numpy(dtype=float))
         res = stats.gap_inference(matrix, labels, len(values), self._rng(qid, column, name), self.cfg.n_boot,
-                                  self.cfg.alpha, with_ci=self.with_ci)
+                                  self.cfg.alpha, with_ci=self.with_ci, max_gap=max_gap)
         test = stats.TestResult("permutation_gap", target, res["value"] if res["p_value"] is not None else None,
                                 res["p_value"], True, len(matrix), res["note"])
         self._pending.append(test)
@@ -203,7 +204,8 @@ class CounterfactualAudit:
         else:
             means = {v: groups[v]["mean_outcome"]["value"] for v in values}
             result["worst_group"] = min(means, key=means.get)
-        result["outcome_gap"] = self._gap(df, attr, values, "outcome", qid, "outcome_gap", unmeasurable)
+        result["outcome_gap"] = self._gap(df, attr, values, "outcome", qid, "outcome_gap", unmeasurable,
+                                          max_gap=1.0 if binary else None)
         if unmeasurable:
             result["cf_mean_abs_delta"] = stats.estimate(float("nan"), None, None, 0, note=undefined)
         else:
@@ -223,7 +225,7 @@ class CounterfactualAudit:
             stats.welch_anova([valid.loc[valid[attr] == v, "outcome"].to_numpy(float) for v in values], f"{target}/outcome", values),
         ]
         if binary:
-            result["dp_gap"] = self._gap(df, attr, values, "decision", qid, "dp_gap", unmeasurable)
+            result["dp_gap"] = self._gap(df, attr, values, "decision", qid, "dp_gap", unmeasurable, max_gap=1.0)
             tests.append(stats.paired_decision_test(self._blocks(df, attr, values, "decision"), f"{target}/decision"))
             counts = np.array([[np.sum(valid.loc[valid[attr] == v, "decision"] == d) for d in (True, False)] for v in values])
             tests.append(stats.chi_square(counts, f"{target}/decision", values))
@@ -248,11 +250,12 @@ class CounterfactualAudit:
             means = {k: g["mean_outcome"]["value"] for k, g in groups.items()}
             result["worst_group"] = min(means, key=means.get)
         valid = df[df["valid"]]
-        result["outcome_gap"] = self._gap(df, INTERSECTION, labels, "outcome", qid, "outcome_gap", unmeasurable)
+        result["outcome_gap"] = self._gap(df, INTERSECTION, labels, "outcome", qid, "outcome_gap", unmeasurable,
+                                          max_gap=1.0 if binary else None)
         blocks = valid.pivot_table(index="case_id", columns=INTERSECTION, values="outcome", aggfunc="mean").reindex(columns=labels).dropna()
         tests = [stats.paired_continuous_test(blocks.to_numpy(float), f"{qid}/{INTERSECTION}/outcome")]
         if binary:
-            result["dp_gap"] = self._gap(df, INTERSECTION, labels, "decision", qid, "dp_gap", unmeasurable)
+            result["dp_gap"] = self._gap(df, INTERSECTION, labels, "decision", qid, "dp_gap", unmeasurable, max_gap=1.0)
             dblocks = (valid.assign(_d=valid["decision"].astype(float))
                        .pivot_table(index="case_id", columns=INTERSECTION, values="_d", aggfunc="mean").reindex(columns=labels).dropna())
             tests.append(stats.paired_decision_test(dblocks.to_numpy(float), f"{qid}/{INTERSECTION}/decision"))

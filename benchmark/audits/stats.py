@@ -160,7 +160,8 @@ def _ranges(means: np.ndarray) -> np.ndarray:
 
 
 def gap_inference(values: np.ndarray, labels: list[int] | np.ndarray, n_groups: int, rng: np.random.Generator,
-                  n_resamples: int = 2000, alpha: float = 0.05, with_ci: bool = True) -> dict:
+                  n_resamples: int = 2000, alpha: float = 0.05, with_ci: bool = True,
+                  max_gap: float | None = None) -> dict:
     """Inference for the max - min gap of group means, from the per-variant values of each case.
 
     ``values``: cases x variants (NaN = no valid answer), ``labels[v]``: the group of variant v.
@@ -173,7 +174,9 @@ def gap_inference(values: np.ndarray, labels: list[int] | np.ndarray, n_groups: 
       centred group means, max_g,h |(m*_g - m_g) - (m*_h - m_h)|, so every pairwise difference lies in
       d_gh +- c together and the gap in [gap - c, gap + c] (coverage checked by simulation,
       tests/test_planted_bias.py). The lower end is 0 unless the permutation test rejects at ``alpha``,
-      so the interval excludes 0 no more often than alpha when there is no effect.
+      so the interval excludes 0 no more often than alpha when there is no effect. The upper end is
+      clipped to ``max_gap``, the largest gap the values' domain allows (1 for rates and probabilities):
+      a gap of 0.78 + c must not read as a rate difference above 1.
     """
     values = np.asarray(values, dtype=float)
     labels = np.asarray(labels, dtype=int)
@@ -200,7 +203,7 @@ def gap_inference(values: np.ndarray, labels: list[int] | np.ndarray, n_groups: 
         idx = rng.integers(0, n, (B, n))
         boot = _group_means(values[idx], onehot) - means
         c = float(np.quantile(_ranges(boot)[np.isfinite(_ranges(boot))], CONFIDENCE))
-        out["ci_high"] = point + c
+        out["ci_high"] = point + c if max_gap is None else min(point + c, float(max_gap))
         out["ci_low"] = max(0.0, point - c) if p < alpha else 0.0
     return out
 

@@ -38,9 +38,11 @@ def data_files(card: TaskCard, data_dir: Path | None = None) -> list[Path]:
         base = next((c for c in candidates if all((c / f).is_file() for f in card.data.files)), None)
         if base is None:
             missing = [f for f in card.data.files if not (candidates[0] / f).is_file()]
+            fix = (f"drop --data-dir (and ${DATA_ENV}) to read them from the installed package {card.data.package.partition('/')[0]}"
+                   if card.data.package else f"run `fairbench data download {card.name}`")
             raise FairbenchError(
                 f"task {card.name}: missing {', '.join(missing)} under {candidates[0]}. "
-                f"Run `fairbench data download {card.name}` or point --data-dir at the official files."
+                f"Point --data-dir at the official files, or {fix}."
             )
         paths += [base / f for f in card.data.files]
     for p in paths:
