@@ -102,8 +102,8 @@ def test_redraw_committed_seeds_board_from_its_csv_alone(tmp_path):
         assert (tmp_path / f"mitigation-imaging.tradeoff.{ext}").is_file()
     html = report.render(report.context([csv]))
     rows, reference = seeds.read(csv)
-    assert reference == "vit-nano" and len(rows) == len(pd.read_csv(COMMITTED))
-    assert "vit-nano+fairmed-vlm" in html and "Holm p" in html
+    assert reference == "vit-tiny" and len(rows) == len(pd.read_csv(COMMITTED))
+    assert "vit-tiny+fairmed-vlm" in html and "Holm p" in html
 
 
 def test_leaderboard_html_writes_the_report_of_a_seeds_board(tmp_path, capsys):
@@ -148,6 +148,8 @@ def test_rows_are_paired_against_their_like_for_like_control(tmp_path):
     line = next(x for x in md.splitlines() if x.startswith("| `erm+fair-lora`"))
     assert "| `erm+lora` |" in line and "n.s." in line and "↑" in line  # dp_gap not significant, AUC higher
     assert seeds.METRICS[:3] == ["eod", "auc_gap", "underdiag_gap"] and seeds.METRICS[-1] == "dp_gap"
+    # provenance: the runs' commits are on the board (the fakes have no manifest: unknown commit)
+    assert "Runs of commit" in md and "git_commit" in df.columns
     assert main(["leaderboard", str(erm), str(fair), "-o", str(out), "--reference", "erm", "--control", "nonsense"]) == 2
     assert main(["leaderboard", str(erm), str(fair), "-o", str(out), "--reference", "erm", "--control", "*fair-lora=erm+lora"]) == 2
 

@@ -29,3 +29,16 @@ def group_plot_name(name: str, task: str, mode: str) -> str:
 
 def tradeoff_plot_name(name: str) -> str:
     return f"{name}.tradeoff.png"
+
+
+def commit_label(git: dict | None, rescored: dict | None = None) -> str:
+    """A run's commit (its model outputs), ``+dirty`` when the tree was; after `fairbench score` with
+    other code, also the commit that computed the statistics: ``"RUN (scored SCORER)"``."""
+    def short(g: dict | None) -> str:
+        g = g or {}
+        return (g.get("commit") or "")[:12] + ("+dirty" if g.get("dirty") else "")
+
+    label = short(git)
+    if rescored:
+        label += f" (scored {short(rescored.get('git')) or '?'})"
+    return label

@@ -24,7 +24,7 @@ from filelock import FileLock
 
 from ..errors import FairbenchError
 from ..store import read_results, write_atomic
-from .keys import KEY, row_key, split_name
+from .keys import KEY, commit_label, row_key, split_name
 
 KINDS = ("text", "imaging")
 # Fairness metrics a leaderboard can be sorted by and `fairbench check` can gate on; all lower-is-fairer.
@@ -83,19 +83,6 @@ GLOSSARY = [
 
 
 # ----- one run -> one row + its per-group rows -----
-
-def _commit(git: dict | None) -> str:
-    git = git or {}
-    return (git.get("commit") or "")[:12] + ("+dirty" if git.get("dirty") else "")
-
-
-def _commit_label(git: dict | None, rescored: dict | None) -> str:
-    """The run's commit (its model outputs); after `fairbench score`, also the commit that scored them."""
-    label = _commit(git)
-    if rescored:
-        label += f" (scored {_commit(rescored.get('git')) or '?'})"
-    return label
-
 
 def _iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(float(ts), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -177,7 +164,7 @@ def _finish(row: dict, run_dir: Path, results: dict, manifest: dict) -> None:
     row.update({
         "seed": run.get("seed"), "limit": run.get("limit"), "sample": run.get("sample"), "run_id": run_dir.name,
         "model_fingerprint": run.get("model_fingerprint"),
-        "git_commit": _commit_label(git, run.get("rescored")),
+        "git_commit": commit_label(git, run.get("rescored")),
         "finished_at": _iso(finished),
         # A derived model's description says what the mitigation did (teacher, grouping, ideal family ...).
         "model_description": ((manifest.get("model") or {}).get("spec") or {}).get("description") if run.get("base_model") else None,

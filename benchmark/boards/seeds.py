@@ -26,7 +26,7 @@ import pandas as pd
 from ..errors import FairbenchError
 from ..seeds import compare
 from ..store import read_results, write_atomic
-from .keys import split_name, tradeoff_plot_name
+from .keys import commit_label, split_name, tradeoff_plot_name
 
 METRICS_BY_KIND = {
     "imaging": ["eod", "auc_gap", "underdiag_gap", "auc", "accuracy", "worst_group_auc", "dp_gap"],
@@ -66,6 +66,11 @@ def _load(d: Path) -> tuple[dict, list[dict]]:
             raise FairbenchError(f"{p}: run directory {r} (field runs) has no results.json; re-run the seeds.")
         runs.append(read_results(Path(r)))
     return s, runs
+
+
+def _manifest_git(run_dir: str) -> dict | None:
+    p = Path(run_dir) / "manifest.json"
+    return json.loads(p.read_text()).get("git") if p.is_file() else None
 
 
 def is_seeds_dir(d: Path) -> bool:
@@ -123,7 +128,8 @@ def build(dirs: list[Path], reference: str, controls: list[tuple[str, str]] | No
         row = {"task": s["task"], "prompt_mode": run.get("prompt_mode") or s.get("prompt_mode") or "", "model": model,
                "eval_split": "test" if kind == "imaging" else split_name(run.get("eval_split")), "kind": kind,
                "base_model": run.get("base_model"), "n_seeds": len(s["seeds"]),
-               "seeds": " ".join(map(str, s["seeds"])), "n_test": runs[0].get("n_test")}
+               "seeds": " ".join(map(str, s["seeds"])), "n_test": runs[0].get("n_test"),
+               "git_commit": ", ".join(sorted({commit_label(_manifest_git(r), s.get("rescored")) for r in s["runs"]}))}
         for m in metrics:
             e = s["metrics"].get(m, {})
             row[m], row[f"{m}_ci_low"], row[f"{m}_ci_high"], row[f"{m}_sd"] = e.get("mean"), e.get("ci_low"), e.get("ci_high"), e.get("sd")
@@ -187,6 +193,9 @@ def render(name: str, rows: list[dict], reference: str, plot: str | None) -> str
         lines.append(f"| `{r['model']}` | {vs} | {r['seeds']} | " + " | ".join(_cell(r, m) for m in metrics) + " |")
     if plot:
         lines += ["", f"![utility against the headline gap]({plot})"]
+    commits = sorted({r.get("git_commit") or "?" for r in rows})
+    lines += ["", f"Runs of commit {commits[0]}." if len(commits) == 1 else
+              "Runs of several commits: " + "; ".join(f"`{r['model']}`: {r.get('git_commit') or '?'}" for r in rows) + "."]
     return "\n".join(lines) + "\n"
 
 
