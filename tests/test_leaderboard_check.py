@@ -386,3 +386,16 @@ def test_rescoring_with_other_code_is_recorded_and_shown(tiny_run, tmp_path):
     out = tmp_path / "lb" / "r"
     assert main(["leaderboard", str(run_dir), "-o", str(out), "--no-plots"]) == 0
     assert pd.read_csv(out.with_name("r.csv")).loc[0, "git_commit"].startswith("0123456789ab (scored ")
+
+
+def test_paired_comparison_of_runs_sharing_one_case_is_not_a_test():
+    """Two seeded subsets can share a single case (the HTML report compares every run with the first of
+    its key): no resampling is possible, so the comparison has no p-value and says why, instead of
+    failing the whole report (scipy's bootstrap raises on one observation)."""
+    import numpy as np
+
+    from benchmark.boards.check import PerCase, paired
+
+    one = lambda f: PerCase(["c1"], np.array([f]), np.array([0.1]), np.array([0.0]), None)
+    comps = paired(one(0.0), one(1.0), {"cf_flip_rate": 0.0}, seed=0, two_sided=True)
+    assert comps[0].diff == 1.0 and comps[0].p_value is None and "too few" in comps[0].note

@@ -318,6 +318,10 @@ def paired(base: PerCase, cand: PerCase, tolerances: dict[str, float], seed: int
             out.append(comp)
             continue
         comp.diff = r6(c - b)
+        if n < 2:  # e.g. two seeded subsets that share one case: nothing to resample
+            comp.note = f"{n} shared case(s): too few for a paired test"
+            out.append(comp)
+            continue
 
         def diff(idx, metric=metric):
             idx = idx.astype(int)
