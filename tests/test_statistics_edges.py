@@ -70,6 +70,24 @@ def test_proportion_interval_is_valid_at_the_boundary(card):
     assert q["cf_flip_rate"]["value"] == 0.0 and q["cf_flip_rate"]["ci_high"] > 0.05
 
 
+def test_mean_without_variation_has_no_interval(card):
+    """Every case gives the same per-case mean (here: no counterfactual change at all, as in a short
+    chain-of-thought subset): the mean is reported with the reason it has no interval, not as
+    0.000 [0.000, 0.000], which would claim certainty from a handful of identical cases."""
+    df = frame(np.random.default_rng(0), n_cases=4, p_fn=lambda c, r, g: 0.3 + 0.1 * c)
+    q = CounterfactualAudit(card, seed=0).run(df)["questions"]["treat"]
+    delta = q["cf_mean_abs_delta"]
+    assert delta["value"] == 0.0 and delta["ci_low"] is None and delta["ci_high"] is None
+    assert delta["note"].startswith("no variation") and delta["n"] == 4
+    # Every display says why the interval is missing instead of printing a bare, confident 0.
+    from benchmark.boards.report import fmt_est
+    from benchmark.boards.terminal import _ci
+    assert fmt_est(delta) == "0.000 (no variation)" and _ci(delta) == "0 (no variation)"
+    # With variation the bootstrap interval is there.
+    q = CounterfactualAudit(card, seed=0).run(frame(np.random.default_rng(1), n_cases=10))["questions"]["treat"]
+    assert q["cf_mean_abs_delta"]["ci_low"] < q["cf_mean_abs_delta"]["ci_high"] and "note" not in q["cf_mean_abs_delta"]
+
+
 def test_proportion_interval_is_clustered_by_case():
     """Variants of a case that always agree carry the information of one observation per case."""
     per_case = np.repeat([0.0, 1.0], 25)

@@ -78,6 +78,9 @@ class CounterfactualAudit:
         if len(per_case) == 0:
             return stats.estimate(float("nan"), None, None, 0)
         point, lo, hi = self._boot(per_case, np.mean, *key)
+        if self.with_ci and len(per_case) >= 2 and stats.no_variation(per_case):
+            return stats.estimate(point, None, None, len(per_case),
+                                  note=f"no variation: all {len(per_case)} cases give {point:.4g}, so no interval")
         return stats.estimate(point, lo, hi, len(per_case))
 
     def _ci_prop(self, per_case: np.ndarray, sizes: np.ndarray | None = None) -> dict:

@@ -74,13 +74,15 @@ def bootstrap_ci(
 ) -> tuple[float, float | None, float | None]:
     """Point estimate and 95% CI, resampling rows of ``data`` (rows are cases: a paired bootstrap
     when columns are variants of the same case). BCa, falling back to percentile when BCa is
-    undefined (e.g. a degenerate jackknife)."""
+    undefined (e.g. a degenerate jackknife). No interval (``None, None``) when ``data`` has no
+    variation: every resample would repeat the point estimate, and a zero-width interval would
+    claim a certainty that a handful of identical cases does not hold."""
     data = np.asarray(data, dtype=float)
     point = float(statistic(data))
     if len(data) < 2 or not math.isfinite(point):
         return point, None, None
     if no_variation(data):
-        return point, point, point  # no variation: every resample gives the point estimate
+        return point, None, None
     seed = int(rng.integers(0, 2**32 - 1))
     for method in ("BCa", "percentile"):
         with warnings.catch_warnings():

@@ -516,8 +516,10 @@ def _worst_text(r: dict) -> str:
     wg = r.get("worst_group")
     if not wg:
         return "—"
-    return f"{_md_escape(wg)}: " + _fmt(r.get("worst_group_outcome"), r.get("worst_group_outcome_ci_low"),
-                                        r.get("worst_group_outcome_ci_high"), r.get("worst_group_significant"))
+    text = _fmt(r.get("worst_group_outcome"), r.get("worst_group_outcome_ci_low"),
+                r.get("worst_group_outcome_ci_high"), r.get("worst_group_significant"))
+    note = r.get("worst_group_outcome_note")
+    return f"{_md_escape(wg)}: {text}" + (f" ({_md_escape(str(note).split(':')[0])})" if note else "")
 
 
 def _worst_imaging(r: dict) -> str:

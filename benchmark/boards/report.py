@@ -74,6 +74,8 @@ def fmt_est(est, digits: int = 3) -> str:
     text = fmt(est["value"], digits)
     if _finite(est.get("ci_low")) and _finite(est.get("ci_high")):
         text += f" [{fmt(est['ci_low'], digits)}, {fmt(est['ci_high'], digits)}]"
+    elif est.get("note"):  # why there is no interval (e.g. no variation): a bare value is not a finding
+        text += f" ({str(est['note']).split(':')[0]})"
     return text
 
 

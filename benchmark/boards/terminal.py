@@ -20,8 +20,8 @@ def _ci(est: dict | None, pct: bool = False) -> str:
         return "-"
     scale, unit = (100.0, "%") if pct else (1.0, "")
     v = est["value"] * scale
-    if est.get("ci_low") is None:
-        return f"{v:.3g}{unit}"
+    if est.get("ci_low") is None:  # say why there is no interval (e.g. no variation), if known
+        return f"{v:.3g}{unit}" + (f" ({str(est['note']).split(':')[0]})" if est.get("note") else "")
     return f"{v:.3g}{unit} [{est['ci_low'] * scale:.3g}, {est['ci_high'] * scale:.3g}]"
 
 
