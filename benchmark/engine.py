@@ -216,7 +216,7 @@ def run(spec: RunSpec, quiet: bool = False, pool: BackendPool | None = None, pro
     p = plan(spec)
     spec, card, kind, model_spec, backend_cls, prep, keys = p.spec, p.card, p.kind, p.model_spec, p.backend_cls, p.prep, p.keys
     fingerprint, run_dir = p.fingerprint, p.run_dir
-    store = RunStore(run_dir)
+    store = RunStore(run_dir, spec.shard)
     manifest = base_manifest(spec.argv)
     manifest.update(
         {
@@ -289,7 +289,7 @@ def run(spec: RunSpec, quiet: bool = False, pool: BackendPool | None = None, pro
             pass
         raise
     finally:
-        store.cache.close()
+        store.close()
         if shared is not None:
             shared.close()
     return run_dir

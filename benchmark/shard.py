@@ -75,9 +75,9 @@ def merge_caches(dest: Path, sources: list[Path]) -> dict[str, int]:
             after = store.cache.conn.execute("SELECT COUNT(*) FROM results").fetchone()[0]
             added[str(src)] = after - before
     except BaseException:
-        store.cache.close()
+        store.close()
         if created:
             shutil.rmtree(dest, ignore_errors=True)
         raise
-    store.cache.close()
+    store.close()
     return added

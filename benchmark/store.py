@@ -9,6 +9,10 @@ Damage is detected and repaired with a warning (also listed in ``RunStore.repair
 - a cache file that is not a readable sqlite database is moved aside (``cache.sqlite.corrupt``) and
   refilled from the valid rows of ``requests.jsonl``, so only the rest is recomputed;
 - a truncated or corrupt line in ``requests.jsonl`` is reported; the run rewrites the file whole.
+
+One process at a time works on a run directory (``.run.lock``; each shard of a sharded run has its
+own lock, ``.run.shard-I-of-N.lock``, since shards of one run share the directory on purpose). A
+second process stops with one line before it touches the manifest, the cache or the outputs.
 """
 
 from __future__ import annotations
@@ -200,8 +204,27 @@ def shared_cache_path(cache_dir: Path | None, output_dir: Path) -> Path:
     return root / "requests.sqlite"
 
 
+def _hold(path: Path):
+    """Take the lock file ``path`` without waiting (filelock: an OS lock, released when the process dies,
+    so a killed run never leaves a stale lock behind)."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(path), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise FairbenchError(
+            f"{path.parent}: another fairbench process is working on this run directory (lock {path.name}). "
+            "Wait for it to finish, or stop it and rerun the same command: finished requests are kept."
+        ) from None
+    return lock
+
+
 class RunStore:
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, shard: tuple[int, int] | None = None):
+        """Open (create) ``run_dir`` for one process; ``shard`` = (index, count) of a sharded run.
+
+        Raises FairbenchError (exit 2) when the directory is not writable or another process holds it."""
         self.dir = run_dir
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -213,8 +236,20 @@ class RunStore:
             raise FairbenchError(
                 f"output directory {run_dir.parent} is not writable ({exc.strerror}). Choose another --output-dir."
             ) from None
-        self.cache = RequestCache(run_dir / "cache.sqlite")
-        self._check_requests()
+        self._lock = _hold(run_dir / (".run.lock" if shard is None else f".run.shard-{shard[0]}-of-{shard[1]}.lock"))
+        try:
+            self.cache = RequestCache(run_dir / "cache.sqlite")
+            self._check_requests()
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def close(self) -> None:
+        """Close the request cache and release the directory for other processes."""
+        try:
+            self.cache.close()
+        finally:
+            self._lock.release()
 
     @property
     def repairs(self) -> list[str]:

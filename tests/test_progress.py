@@ -47,7 +47,7 @@ def _execute(tmp_path, backend, reqs, chunk=64):
     try:
         execute(reqs, keys, store, lambda: backend, quiet=True, chunk=chunk, progress=progress)
     finally:
-        store.cache.close()
+        store.close()
     return seen
 
 

@@ -93,3 +93,31 @@ def test_sigkill_then_resume(tmp_path, tiny_llama_dir):
     assert manifest["timing"].get("n_cached", 96) == before
     rows = [json.loads(x) for x in (tmp_path / RUN / "requests.jsonl").read_text().splitlines()]
     assert len(rows) == 96 and len({r["key"] for r in rows}) == 96
+
+
+def test_second_process_on_the_same_run_stops_with_one_line(tmp_path, tiny_llama_dir, capsys):
+    """Two processes on one run directory would interleave manifest and cache writes: the second stops
+    with exit 2 before touching anything, and the first finishes normally. Rescoring is held the same way."""
+    from benchmark.store import RunStore
+
+    f = _models(tmp_path, tiny_llama_dir, backend="hf")
+    args = ["run", "--model", "tiny", "--output-dir", str(tmp_path), "--models-file", str(f), "-q"]
+    holder = RunStore(tmp_path / RUN)  # stands for a run in progress (an OS lock: another process sees the same)
+    try:
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "another fairbench process" in err and RUN in err
+        assert not (tmp_path / RUN / "manifest.json").exists()  # nothing written by the refused process
+    finally:
+        holder.close()
+    assert main(args) == 0
+    holder = RunStore(tmp_path / RUN)
+    try:
+        assert main(["score", str(tmp_path / RUN)]) == 2
+    finally:
+        holder.close()
+    assert main(["score", str(tmp_path / RUN)]) == 0
+    # A shard holds its own lock, so shards of one run still work side by side.
+    RunStore(tmp_path / "sharded", (0, 2)).close()
+    a, b = RunStore(tmp_path / "sharded", (0, 2)), RunStore(tmp_path / "sharded", (1, 2))
+    a.close(), b.close()
