@@ -30,6 +30,20 @@ def tiny_run(tmp_path_factory, tiny_llama_dir) -> Path:
     return root / "runs" / RUN_ID
 
 
+@pytest.fixture(scope="module")
+def tiny_run12(tmp_path_factory, tiny_llama_dir) -> Path:
+    """All 12 demo cases: enough for the paired gate to detect a regression (4 cases cannot, see
+    test_gate_on_too_few_cases_is_inconclusive_not_a_pass)."""
+    root = tmp_path_factory.mktemp("lbrun12")
+    models = root / "models.yaml"
+    models.write_text(f"models:\n  tiny:\n    backend: hf\n    model: {tiny_llama_dir}\n    chat_template: true\n")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FAIRBENCH_CACHE", str(tmp_path_factory.getbasetemp() / "fairbench-cache"))
+        code = main(["run", "--model", "tiny", "-o", str(root / "runs"), "--models-file", str(models), "-q"])
+    assert code == 0
+    return root / "runs" / "tiny__qpain-demo__zero_shot__seed0"
+
+
 def _copy(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
@@ -153,10 +167,10 @@ def test_leaderboard_bad_input_is_a_usage_error(tmp_path, capsys):
 # ----- fairbench check -----
 
 @pytest.fixture()
-def fair_and_biased(tiny_run, tmp_path):
-    base = _copy(tiny_run, tmp_path / "runs" / "base")
+def fair_and_biased(tiny_run12, tmp_path):
+    base = _copy(tiny_run12, tmp_path / "runs" / "base")
     _set_logprobs(base, _fair)
-    cand = _copy(tiny_run, tmp_path / "cand")
+    cand = _copy(tiny_run12, tmp_path / "cand")
     _set_logprobs(cand, _biased)
     csv = tmp_path / "lb" / "base"
     assert main(["leaderboard", str(base), "-o", str(csv), "--no-plots"]) == 0
@@ -166,7 +180,7 @@ def fair_and_biased(tiny_run, tmp_path):
 def test_check_passes_against_itself_paired_and_by_ci(fair_and_biased, capsys):
     base, _, csv = fair_and_biased
     assert main(["check", "--baseline", str(csv), "--candidate", str(base), "--runs-dir", str(base.parent)]) == 0
-    assert "paired bootstrap over 4 common cases" in capsys.readouterr().out
+    assert "paired bootstrap over 12 common cases" in capsys.readouterr().out
     assert main(["check", "--baseline", str(csv), "--candidate", str(base), "--runs-dir", str(base / "elsewhere")]) == 0
     assert "95% CIs compared" in capsys.readouterr().out
 
@@ -181,6 +195,21 @@ def test_check_fails_on_planted_regression(fair_and_biased, capsys):
     # a tolerance as large as the metric's range lets it pass
     tol = ["--max-increase", "cf_flip_rate=1", "--max-increase", "dp_gap=1", "--max-increase", "cf_mean_abs_delta=1"]
     assert main(["check", "--baseline", str(csv), "--candidate", str(cand), "--baseline-run", str(base), *tol]) == 0
+
+
+def test_check_on_four_cases_is_inconclusive(tiny_run, tmp_path, capsys):
+    """The same planted regression on the 4-case run: the paired gate cannot fail on 4 cases, and
+    says INCONCLUSIVE (exit 0) rather than PASS."""
+    base = _copy(tiny_run, tmp_path / "runs" / "base")
+    _set_logprobs(base, _fair)
+    cand = _copy(tiny_run, tmp_path / "cand")
+    _set_logprobs(cand, _biased)
+    csv = tmp_path / "lb" / "base"
+    assert main(["leaderboard", str(base), "-o", str(csv), "--no-plots"]) == 0
+    capsys.readouterr()
+    assert main(["check", "--baseline", str(csv.with_name("base.csv")), "--candidate", str(cand), "--baseline-run", str(base)]) == 0
+    out = capsys.readouterr().out
+    assert "INCONCLUSIVE" in out and "PASS" not in out and "4 shared cases" in out
 
 
 def test_paired_per_case_metrics_match_the_audit(fair_and_biased):
@@ -399,3 +428,30 @@ def test_paired_comparison_of_runs_sharing_one_case_is_not_a_test():
     one = lambda f: PerCase(["c1"], np.array([f]), np.array([0.1]), np.array([0.0]), None)
     comps = paired(one(0.0), one(1.0), {"cf_flip_rate": 0.0}, seed=0, two_sided=True)
     assert comps[0].diff == 1.0 and comps[0].p_value is None and "too few" in comps[0].note
+
+
+def test_gate_on_too_few_cases_is_inconclusive_not_a_pass(capsys):
+    """Four cases that each regress: a bootstrap p of 1/2001 would fail the gate on noise-sized data, and a
+    floored p cannot fall below alpha (1/16 > 0.05), so the gate cannot fail at all. It says so
+    (INCONCLUSIVE) instead of PASS. With 12 cases the same per-case regression is detected."""
+    import numpy as np
+    from rich.console import Console
+
+    from benchmark.boards.check import CheckResult, PerCase, paired, render
+
+    def runs(n):
+        mk = lambda f: PerCase([f"c{i}" for i in range(n)], np.full(n, f), np.full(n, 0.1), np.zeros(n), None)
+        return mk(0.0), mk(1.0)
+
+    comps = paired(*runs(4), {"cf_flip_rate": 0.0}, seed=0)
+    c = comps[0]
+    assert c.diff == 1.0 and c.p_value == pytest.approx(1 / 16) and not c.regressed and not c.testable
+    assert "4 shared cases" in c.note
+    console = Console(record=True, width=200)
+    render(CheckResult("paired", "test", comps), {"model": "b"}, {"model": "c", "task": "t", "prompt_mode": "zero_shot"}, console)
+    out = console.export_text()
+    assert "INCONCLUSIVE" in out and "PASS" not in out and "untestable" in out
+    big = paired(*runs(12), {"cf_flip_rate": 0.0}, seed=0)[0]
+    assert big.testable and big.regressed and big.p_value < 0.001
+    # Two-sided (leaderboard Δ): floor 2 / 2^n, so 5 cases are not testable either.
+    assert not paired(*runs(5), {"cf_flip_rate": 0.0}, seed=0, two_sided=True)[0].testable

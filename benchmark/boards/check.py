@@ -282,6 +282,7 @@ class Comparison:
     regressed: bool = False
     note: str = ""
     significant: bool = False  # two-sided comparisons: the Holm-adjusted p < alpha
+    testable: bool = True  # False when even the smallest p the paired cases allow is not below alpha
 
 
 @dataclass
@@ -294,6 +295,11 @@ class CheckResult:
     def regressions(self) -> list[Comparison]:
         return [c for c in self.comparisons if c.regressed]
 
+    @property
+    def untestable(self) -> list[Comparison]:
+        """Comparisons the gate could not have failed (too few paired cases): a pass says nothing."""
+        return [c for c in self.comparisons if not c.testable]
+
 
 def _rng(seed: int, metric: str) -> np.random.Generator:
     digest = hashlib.sha256(f"{seed}|check|{metric}".encode()).digest()
@@ -305,7 +311,9 @@ def paired(base: PerCase, cand: PerCase, tolerances: dict[str, float], seed: int
     """Paired bootstrap of candidate − baseline per metric over the shared cases (patients), with a
     95% percentile CI. One-sided (the gate): p of H0 "increase <= tolerance". ``two_sided`` (the
     leaderboard's Δ vs a reference): p of H0 "no difference" = 2 x the smaller tail share at 0
-    (capped at 1), floored at 2 / 2^n, the smallest p an exact paired test on n cases can give. Either way the p-values of the tested metrics are Holm-corrected together
+    (capped at 1). Either p is floored at the smallest p an exact paired (sign-flip) test on n cases can
+    give (1 / 2^n one-sided, 2 / 2^n two-sided); where that floor is not below alpha the comparison is
+    marked ``testable=False`` with a note. The p-values of the tested metrics are Holm-corrected together
     (statsmodels ``multipletests``)."""
     n = len(cand.cases)
     everyone = np.arange(n)
@@ -336,12 +344,18 @@ def paired(base: PerCase, cand: PerCase, tolerances: dict[str, float], seed: int
         # One-sided bootstrap p-value of H0 "increase <= tolerance"; a NaN resample counts for H0.
         at_or_below = np.sum(np.isnan(dist) | (dist <= tol + 1e-12))
         comp.p_value = float((1 + at_or_below) / (len(dist) + 1))
+        # A bootstrap over few cases has few distinct resamples, and its p can fall far below what n
+        # paired cases can show: floor it at the exact sign-flip test's smallest p (one-sided 1 / 2^n,
+        # two-sided 2 / 2^n). When that floor is not below alpha, no data on these cases can reject.
+        floor = min(1.0, 2.0 ** ((1 if two_sided else 0) - n))
+        comp.p_value = max(comp.p_value, floor)
+        if floor >= ALPHA:
+            comp.testable = False
+            comp.note = (f"{n} shared cases: the smallest p a paired test on {n} cases can give is {floor:.3g}, not below "
+                         f"alpha {ALPHA}, so no difference could be detected; compare runs with more cases")
         if two_sided:  # H0 "no difference": both tails at 0, NaN resamples counted for H0 in each
             at_or_above = np.sum(np.isnan(dist) | (dist >= -1e-12))
-            comp.p_value = min(1.0, 2 * float((1 + min(at_or_below, at_or_above)) / (len(dist) + 1)))
-            # A bootstrap over few cases has few distinct resamples, and its p can fall far below what n
-            # paired cases can show: floor it at the exact sign-flip test's smallest two-sided p, 2 / 2^n.
-            comp.p_value = max(comp.p_value, min(1.0, 2.0 ** (1 - n)))
+            comp.p_value = max(floor, min(1.0, 2 * float((1 + min(at_or_below, at_or_above)) / (len(dist) + 1))))
         out.append(comp)
     tested = [c for c in out if c.p_value is not None]
     if tested:
@@ -429,6 +443,8 @@ def reference_deltas(rows: list[dict], notes: list[str], reference: str, run_dir
             result = versus_reference(ref_dir, run_dir, int(r.get("seed") or 0), n_boot)
             clear_deltas(r)
             r.update({"delta_reference": reference, "delta_reference_run_id": ref.get("run_id"), "delta_method": result.detail})
+            if result.untestable:
+                notes.append(f"{r['model']} · {key[0]} · {key[1]}: Δ vs {reference} not testable: {result.untestable[0].note}")
             for c in result.comparisons:
                 if c.diff is None:
                     continue
@@ -573,7 +589,8 @@ def render(result: CheckResult, row: dict, run: dict, console) -> None:
         for c in comps:
             inc = "-" if c.diff is None else f"{c.diff:+.4g}" + (f" [{c.diff_ci[0]:+.4g}, {c.diff_ci[1]:+.4g}]" if c.diff_ci[0] is not None else "")
             p = "-" if c.p_adjusted is None else f"{c.p_adjusted:.3g}"
-            status = "[bold red]REGRESSED[/]" if c.regressed else ("n/a" if c.diff is None else "ok")
+            status = ("[bold red]REGRESSED[/]" if c.regressed else "n/a" if c.diff is None
+                      else "[yellow]untestable[/]" if not c.testable else "ok")
             t.add_row(c.metric, est(c.baseline), est(c.candidate), inc, f"{c.tolerance:g}", p, status)
         return t
 
@@ -586,5 +603,9 @@ def render(result: CheckResult, row: dict, run: dict, console) -> None:
     if result.regressions:
         console.print(table(result.regressions, "Fairness regressions"))
         console.print(f"[bold red]FAIL[/]: {len(result.regressions)} fairness metric(s) regressed beyond tolerance.")
+    elif result.untestable:
+        # Not a pass: the gate could not have failed (exit 0 still, so a small smoke run does not break CI).
+        console.print(f"[bold yellow]INCONCLUSIVE[/]: {len(result.untestable)} metric(s) could not be tested on so few "
+                      "paired cases; no regression was detected, and none could have been.")
     else:
         console.print("[bold green]PASS[/]: no fairness metric regressed beyond its tolerance.")
