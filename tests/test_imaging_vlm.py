@@ -13,7 +13,7 @@ from benchmark.errors import FairbenchError
 from benchmark.kinds.image.answers import canonical, normalise, row_from_answers, vocabulary
 from benchmark.backends.image.vlm import VLMBackend
 from benchmark.kinds.image.kind import limit_dataset, load_dataset
-from benchmark.kinds.image.evaluate import endpoint_frame
+from benchmark.kinds.image.evaluate import endpoint_frame, image_rows
 from benchmark.requests import pil_image
 from benchmark.kinds.image.kind import predict_images
 from benchmark.cards import load_task
@@ -64,13 +64,15 @@ def test_rows_from_answers_choice_generate_multiclass(card):
 
 
 def test_rescoring_reapplies_phi_from_stored_answers(card):
+    """Stored per-question answers (requests.jsonl of a generating VLM) -> image rows -> endpoints: the
+    probabilities come from the answers through the card's current vocabulary."""
     rows = [{"id": str(i), "patient_id": str(i), "split": s, "sex": "female", "age_group": "0-39", "race": None,
-             "targets": [1.0], "probs": [0.123], "valid": True, "vlm_answers": {"lesion": {"raw_output": "present"}}}
+             "targets": [1.0], "method": "generate", "question_id": "lesion", "raw_output": "present"}
             for i, s in enumerate(["val", "test"])]
-    df, _ = endpoint_frame(rows, card)
-    assert df["valid"].all() and (df["p:lesion"] == 1.0).all()  # from the answer, not the stale stored probs
+    df, _ = endpoint_frame(image_rows(rows, card), card)
+    assert df["valid"].all() and (df["p:lesion"] == 1.0).all()
     strict = _with_vlm(card, synonyms={})
-    df, _ = endpoint_frame(rows, strict)
+    df, _ = endpoint_frame(image_rows(rows, strict), strict)
     assert not df["valid"].any()  # "present" is no longer in the vocabulary: invalid, counted
 
 

@@ -20,9 +20,8 @@ HEADLINE = ("accuracy", "auc")
 
 def endpoint_frame(rows: list[dict], card) -> tuple[pd.DataFrame, dict]:
     """One row per image with ``y:e`` / ``p:e`` / ``d:e`` / ``d05:e`` per endpoint; thresholds are
-    tuned on the validation rows only and applied unchanged to test."""
-    # VLM rows keep the model's answers: Φ is applied here, so a changed vocabulary needs no model re-run.
-    rows = [{**r, **row_from_answers(r["vlm_answers"], card)} if r.get("vlm_answers") else r for r in rows]
+    tuned on the validation rows only and applied unchanged to test. ``rows`` are image rows from
+    :func:`image_rows` (where a VLM's answers have already been through Φ)."""
     df = pd.DataFrame.from_records(
         [{k: r.get(k) for k in ("id", "patient_id", "split", "sex", "age_group", "race", "valid")} for r in rows]
     )
@@ -91,7 +90,8 @@ def headline(audit: dict, card, invalid_rate, n_rows: int) -> dict:
 def image_rows(rows: list[dict], card) -> list[dict]:
     """Stored request rows -> one row per image, in order. ``predict`` rows are images already (valid
     when every probability is a finite number); a VLM's per-label question rows are gathered into the
-    image's ``vlm_answers`` (Φ is applied by :func:`endpoint_frame`)."""
+    image's ``vlm_answers`` and mapped through Φ here, once, from the stored answers, so ``fairbench
+    score`` re-applies a changed vocabulary without running the model."""
     out: dict[str, dict] = {}
     for r in rows:
         if r.get("method", "predict") == "predict":
