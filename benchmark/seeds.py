@@ -9,7 +9,11 @@ runs: the same seed means the same data shuffle and initialisation, so
   dp_gap;
 - between models (e.g. a base model and its mitigation), :func:`compare` runs paired t-tests on
   per-seed headline metrics with Cohen's d_z -- the paper's protocol (5 seeds, paired t-tests).
-All p-values in one summary are Holm-corrected together.
+All applicable p-values in one summary are Holm-corrected together (``audits.stats.correct``). A test
+on seeds without variation (every seed gives the same difference, groups that never differ) is not
+applicable: no statistic, no p-value, the reason in ``note``, left out of the family; likewise a mean
+whose seeds all agree has no interval, and seeds without a value are left out of the mean and counted
+(``n_missing``).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from . import SCHEMA_VERSION
-from .audits.stats import TestResult, correct, r6
+from .audits.stats import TestResult, correct, correction_summary, no_variation, not_applicable, num
 from .errors import FairbenchError
 from .store import dumps, read_results, write_atomic
 
@@ -41,48 +45,68 @@ UNIT_INTERVAL = re.compile(r"(auc|accuracy|rate|gap|eod|ece|underdiag)", re.IGNO
 
 
 def mean_ci(xs: list[float | None], bounds: tuple[float, float] | None = None) -> dict:
-    """Mean, SD and 95% t-interval over seeds (None values are left out and counted); with ``bounds``
-    (the metric's domain) the interval is clipped to it."""
+    """Mean, SD and 95% t-interval over seeds; with ``bounds`` (the metric's domain) the interval is
+    clipped to it. ``xs``: one value per seed, None where a seed has none: left out of the mean and
+    counted in ``n_missing`` (``n_seeds`` counts the values used). No interval when fewer than 2 seeds
+    have a value, or when they all agree (``note``: a zero-width t-interval would claim a certainty
+    that a few identical seeds do not hold)."""
     x = np.array([v for v in xs if v is not None], dtype=float)
     out = {"values": xs, "n_seeds": int(len(x)), "n_missing": int(len(xs) - len(x))}
     if len(x) == 0:
-        return {**out, "mean": None, "sd": None, "ci_low": None, "ci_high": None}
+        return {**out, "mean": None, "sd": None, "ci_low": None, "ci_high": None, "note": "no seed has a value"}
     mean = float(x.mean())
     if len(x) < 2:
-        return {**out, "mean": r6(mean), "sd": None, "ci_low": None, "ci_high": None}
+        return {**out, "mean": num(mean), "sd": None, "ci_low": None, "ci_high": None,
+                "note": "fewer than 2 seeds with a value: no interval"}
     sd = float(x.std(ddof=1))
+    if no_variation(x):
+        return {**out, "mean": num(mean), "sd": num(sd), "ci_low": None, "ci_high": None,
+                "note": f"no variation: all {len(x)} seeds give {mean:.4g}, so no interval"}
     half = float(sps.t.ppf(0.975, len(x) - 1)) * sd / math.sqrt(len(x))
     lo, hi = mean - half, mean + half
     if bounds is not None:
         lo, hi = max(lo, bounds[0]), min(hi, bounds[1])
-    return {**out, "mean": r6(mean), "sd": r6(sd), "ci_low": r6(lo), "ci_high": r6(hi)}
+    return {**out, "mean": num(mean), "sd": num(sd), "ci_low": num(lo), "ci_high": num(hi)}
 
 
 def paired_t(a: list[float | None], b: list[float | None], target: str) -> TestResult:
+    """Paired t-test (scipy ``ttest_rel``) of ``a`` vs ``b``, one value per seed (None: seed left out),
+    with the mean difference and Cohen's d_z in ``extra``. Not applicable with fewer than 2 paired seeds
+    or when every seed gives the same difference (no variation, e.g. all 0: t is undefined, and a
+    placeholder p = 1 would read as evidence of "no difference")."""
     pairs = np.array([(x, y) for x, y in zip(a, b) if x is not None and y is not None], dtype=float)
     n = len(pairs)
     if n < 2:
-        return TestResult("paired_t", target, None, None, True, n, "fewer than 2 paired seeds")
+        return not_applicable("paired_t", target, True, n, "fewer than 2 paired seeds")
     diff = pairs[:, 0] - pairs[:, 1]
-    if np.allclose(diff, diff[0]):
-        note = "identical differences across seeds"
-        return TestResult("paired_t", target, None, None if diff[0] else 1.0, True, n, note, extra={"mean_diff": float(diff[0])})
+    if no_variation(diff):
+        t = not_applicable("paired_t", target, True, n,
+                           f"no variation: every seed gives the same difference ({float(diff.mean()):+.4g}), so no t statistic")
+        t.extra = {"mean_diff": float(diff.mean())}
+        return t
     res = sps.ttest_rel(pairs[:, 0], pairs[:, 1])
     dz = float(diff.mean() / diff.std(ddof=1))
     return TestResult("paired_t", target, float(res.statistic), float(res.pvalue), True, n, extra={"mean_diff": float(diff.mean()), "cohens_dz": dz})
 
 
 def rm_anova(table: pd.DataFrame, target: str) -> TestResult:
-    """Seeds (rows) x groups (columns) of a metric: repeated-measures ANOVA (statsmodels AnovaRM)."""
+    """Seeds (rows) x groups (columns) of a metric: repeated-measures ANOVA (statsmodels AnovaRM).
+    Not applicable with fewer than 2 complete seeds, when the groups do not differ in any seed, or when
+    their differences are the same in every seed (no residual variation: F is undefined)."""
     from statsmodels.stats.anova import AnovaRM
 
     table = table.dropna()
     n = len(table)
     if n < 2 or table.shape[1] < 2:
-        return TestResult("rm_anova", target, None, None, True, n, "fewer than 2 complete seeds")
+        return not_applicable("rm_anova", target, True, n, "fewer than 2 complete seeds")
     long = table.reset_index(names="seed").melt(id_vars="seed", var_name="group", value_name="value")
-    if np.allclose(table.to_numpy() - table.to_numpy().mean(1, keepdims=True), 0):
-        return TestResult("rm_anova", target, 0.0, 1.0, True, n, "no differences between groups")
+    x = table.to_numpy(dtype=float)
+    within = x - x.mean(1, keepdims=True)
+    if all(no_variation(row) for row in x):
+        return not_applicable("rm_anova", target, True, n, "no variation: the groups do not differ in any seed")
+    if no_variation(within - within.mean(0, keepdims=True)):
+        return not_applicable("rm_anova", target, True, n,
+                              "no variation: the groups differ by the same amounts in every seed (no residual), so no F statistic")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = AnovaRM(long, depvar="value", subject="seed", within=["group"]).fit().anova_table
@@ -90,7 +114,7 @@ def rm_anova(table: pd.DataFrame, target: str) -> TestResult:
 
 
 def _as_dict(t: TestResult) -> dict:
-    return {**t.as_dict(), **{k: r6(v) for k, v in t.extra.items()}}
+    return {**t.as_dict(), **{k: num(v) for k, v in t.extra.items()}}
 
 
 def _group_attributes(results: dict, endpoint: str) -> dict:
@@ -125,7 +149,7 @@ def imaging_tests(results: list[dict]) -> list[TestResult]:
 
 def summarize(results: list[dict], run_dirs: list[Path]) -> dict:
     tests = imaging_tests(results)
-    correct(tests)
+    correct(tests)  # applicable tests only: the not-applicable ones are listed in "correction"
     return {
         "schema_version": SCHEMA_VERSION,
         "kind": "seeds",
@@ -137,21 +161,27 @@ def summarize(results: list[dict], run_dirs: list[Path]) -> dict:
         "runs": [str(d) for d in run_dirs],
         "metrics": {k: mean_ci(v, (0.0, 1.0) if UNIT_INTERVAL.search(k) else None) for k, v in _values(results).items()},
         "tests": [_as_dict(t) for t in tests],
-        "definitions": {"ci": "95% t-interval of the mean over seeds, clipped to [0, 1] for rates, AUCs and their gaps", "tests": "paired across seeds, Holm-corrected"},
+        "correction": correction_summary(tests, "holm", 0.05),
+        "definitions": {"ci": "95% t-interval of the mean over seeds, clipped to [0, 1] for rates, AUCs and their gaps; "
+                              "none when the seeds agree (note); seeds without a value are left out (n_missing)",
+                        "tests": "paired across seeds, Holm-corrected over the applicable tests"},
     }
 
 
-def compare(results_a: list[dict], results_b: list[dict]) -> dict:
-    """Model A vs model B on the same seeds: paired t-test per headline metric (Holm-corrected)."""
+def compare(results_a: list[dict], results_b: list[dict], metrics: list[str] | None = None) -> dict:
+    """Model A vs model B on the same seeds: paired t-test per headline metric, Holm-corrected over the
+    applicable tests (``audits.stats.correct``). ``metrics``: the family (default: every metric both
+    have), e.g. the columns a board shows. Returns {"seeds", "tests", "correction"}."""
     seeds_a = {r["run"]["seed"]: r for r in results_a}
     seeds_b = {r["run"]["seed"]: r for r in results_b}
     common = sorted(set(seeds_a) & set(seeds_b))
     if len(common) < 2:
         raise FairbenchError(f"comparing models needs at least 2 shared seeds; found {common}. Run both with the same --seed/--seeds.")
     va, vb = _values([seeds_a[s] for s in common]), _values([seeds_b[s] for s in common])
-    tests = [paired_t(va[k], vb[k], k) for k in va if k in vb]
+    names = [k for k in va if k in vb] if metrics is None else [k for k in metrics if k in va and k in vb]
+    tests = [paired_t(va[k], vb[k], k) for k in names]
     correct(tests)
-    return {"seeds": common, "tests": [_as_dict(t) for t in tests]}
+    return {"seeds": common, "tests": [_as_dict(t) for t in tests], "correction": correction_summary(tests, "holm", 0.05)}
 
 
 def run_seeds(spec, n: int, quiet: bool = False) -> tuple[Path, dict]:
@@ -181,7 +211,9 @@ def print_summary(summary: dict, out: Path, console) -> None:
         table.add_column(col)
     fmt = lambda x: "-" if x is None else f"{x:.3g}"  # noqa: E731
     for name, m in summary["metrics"].items():
-        table.add_row(name, f"{fmt(m['mean'])} [{fmt(m['ci_low'])}, {fmt(m['ci_high'])}]", fmt(m["sd"]), ", ".join(fmt(v) for v in m["values"]))
+        interval = (f"[{fmt(m['ci_low'])}, {fmt(m['ci_high'])}]" if m["ci_low"] is not None
+                    else f"({m['note'].split(':')[0]})" if m.get("note") else "")
+        table.add_row(name, f"{fmt(m['mean'])} {interval}", fmt(m["sd"]), ", ".join(fmt(v) for v in m["values"]))
     console.print(table)
     if summary["tests"]:
         tests = Table(title="paired tests across seeds (p raw / Holm)", title_justify="left")

@@ -170,6 +170,25 @@ def test_imaging_check_fails_on_planted_gap(imaging_board, capsys):
     assert "expected METRIC=DELTA" in capsys.readouterr().err
 
 
+def test_imaging_check_fails_when_a_group_loses_its_valid_answers(imaging_board, tmp_path, capsys):
+    """Every female test image without a valid prediction: gaps from the male group alone would be 0
+    and pass. They are undefined, and losing a group the baseline measured fails the gate."""
+    base, _, csv = imaging_board
+    cand = tmp_path / "silent"
+    shutil.copytree(base, cand)
+    path = cand / "requests.jsonl"
+    rows = [json.loads(x) for x in path.read_text().splitlines()]
+    for r in rows:
+        if r["split"] == "test" and r["sex"] == "female":
+            r["probs"] = None
+    path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    assert main(["score", str(cand), "-q"]) == 0
+    capsys.readouterr()
+    assert main(["check", "--baseline", str(csv), "--candidate", str(cand), "--baseline-run", str(base)]) == 1
+    out = capsys.readouterr().out
+    assert "undefined: group(s) without valid answers (candidate: sex=female)" in out and "FAIL" in out
+
+
 def test_paired_per_patient_metrics_match_the_audit(imaging_board):
     from benchmark.boards.check import imaging_frame, per_patient
     from benchmark.cards import load_task

@@ -218,6 +218,26 @@ def test_paired_accuracy_matches_statsmodels_mcnemar_and_newcombe():
     assert any(t["target"] == "answer/gender/correct" and t["p_adjusted"] is not None for t in res["tests"])
 
 
+def test_a_group_without_valid_answers_makes_paired_accuracy_undefined():
+    """Every female answer unparseable: "invalid = wrong" would report female accuracy 0 and a large,
+    significant McNemar difference that says nothing about gender. The group is unmeasurable, the
+    difference undefined, the test not applicable and out of the family (issue 13, Kind 3)."""
+    from benchmark.audits.counterfactual import CounterfactualAudit
+
+    n = 30
+    male = np.arange(n) % 4 != 0
+    res = CounterfactualAudit(load_task("diversitymedqa"), seed=0).run(_frame(male, male, np.ones(n, bool)))
+    pa = res["questions"]["answer"]["paired_accuracy"]["gender"]
+    assert pa["unmeasurable_groups"] == ["female"] and not pa["groups"]["female"]["measurable"]
+    assert pa["groups"]["female"]["accuracy"]["value"] is None and "unmeasurable" in pa["groups"]["female"]["accuracy"]["note"]
+    assert pa["groups"]["male"]["accuracy"]["value"] == pytest.approx(male.mean())
+    d = pa["delta_vs_reference"]["female"]
+    assert d["value"] is None and d["ci_low"] is None and "unmeasurable" in d["note"]
+    test = pa["tests"][0]
+    assert test["p_value"] is None and not test["applicable"] and not test["significant"]
+    assert all(t["target"] != "answer/gender/correct" or t["p_adjusted"] is None for t in res["tests"])
+
+
 def test_newcombe_interval_coverage_and_edges():
     """Coverage of the paired-difference interval near 95% (Newcombe 1998: 0.95-0.96 for method 10),
     and a non-degenerate interval without discordant pairs (a Wald interval would be [0, 0])."""

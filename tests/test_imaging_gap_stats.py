@@ -84,7 +84,11 @@ def test_permutation_moves_patients_not_images():
     sex = _audit(df, n_boot=500)["endpoints"]["lesion"]["attributes"]["sex"]
     assert sex["dp_gap"]["value"] == pytest.approx(1 / 6)
     assert sex["dp_gap"]["p_value"] == pytest.approx(1.0)
-    assert sex["dp_gap"]["ci_low"] == 0.0 and sex["dp_gap"]["null_mean"] > 1 / 6
+    assert sex["dp_gap"]["null_mean"] > 1 / 6
+    # The interval never excludes 0: lower end 0, or no interval at all with the reason (here a resample of
+    # 12 patients can miss a group, which leaves its gap undefined); never half an interval [0, None].
+    dp = sex["dp_gap"]
+    assert (dp["ci_low"] == 0.0 and dp["ci_high"] is not None) or (dp["ci_low"] is None and dp["ci_high"] is None and dp["note"])
     # image-level shuffling, for contrast: the same gap looks far beyond noise
     rng = np.random.default_rng(0)
     null = [abs(np.diff([x[:180].mean(), x[180:].mean()]))[0] for x in (rng.permutation(d) for _ in range(500))]
@@ -159,3 +163,93 @@ def test_group_without_data_makes_its_gaps_not_applicable():
     assert out2["endpoints"]["lesion"]["attributes"]["sex"]["unmeasurable_groups"] == ["c"]
     na2 = [t for t in out2["correction"]["not_applicable"] if t["test"] == "permutation_gap"]
     assert len(na2) == len(PERMUTED) and out2["correction"]["n_tests"] == 0
+
+
+def test_perfectly_separated_endpoint_has_no_auc_interval_and_says_why():
+    """An AUC of 1.0 that every resample of patients repeats has no interval, and the estimate says why
+    (boards print "1.000 (no variation)"), instead of a confident 1.0 [1.0, 1.0]. A metric that does vary
+    (ECE) keeps its interval and carries no such note."""
+    rng = np.random.default_rng(11)
+    df = _frame(rng, n_patients=40)
+    df["p:lesion"] = np.where(df["y:lesion"] == 1, 0.8, 0.3) + rng.uniform(-0.05, 0.05, len(df))
+    ep = _audit(df)["endpoints"]["lesion"]
+    for est in (ep["auc"], ep["attributes"]["sex"]["worst_group_auc"], ep["attributes"]["sex"]["es_auc"]):
+        assert est["value"] == 1.0 and est["ci_low"] is None and est["ci_high"] is None, est
+        assert est["note"].startswith("no variation: every resample of patients") and "1" in est["note"], est
+    assert ep["ece"]["ci_low"] < ep["ece"]["value"] < ep["ece"]["ci_high"] and "note" not in ep["ece"]
+    # auc_gap is 0 in every resample and every shuffle: not applicable, with its reason, no interval
+    gap = ep["attributes"]["sex"]["auc_gap"]
+    assert gap["p_value"] is None and gap["ci_low"] is None and gap["note"].startswith("no variation")
+
+
+def test_gap_without_bootstrap_variation_gets_no_half_interval():
+    """Group a always decides positive, b never, 3 patients each: dp_gap is 1 in every resample of
+    patients where both groups occur (no interval), and the permutation test cannot reject with 6
+    patients (p = 1/10). The interval stays absent, with its reason: [0, None] would be half a claim."""
+    rng = np.random.default_rng(12)
+    df = _frame(rng, n_patients=6, groups=("a", "b"))
+    df["sex"] = np.where(df["patient_id"].isin(["p0", "p1", "p2"]), "a", "b")
+    df["d:lesion"] = (df["sex"] == "a").astype(float)
+    dp = _audit(df, n_boot=200)["endpoints"]["lesion"]["attributes"]["sex"]["dp_gap"]
+    assert dp["value"] == 1.0 and dp["p_value"] >= ALPHA
+    assert dp["ci_low"] is None and dp["ci_high"] is None
+    assert dp["note"].startswith("no variation: every resample of patients where it is defined gives 1")
+
+
+def _board_row(audit_out: dict, attr: str = "sex") -> dict:
+    """The imaging leaderboard row of a group-audit result (primary endpoint lesion, primary attribute ``attr``)."""
+    from benchmark.boards import leaderboard as lb
+
+    res = audit_out["endpoints"]["lesion"]["attributes"][attr]
+    results = {"kind": "imaging", "audits": {"group": audit_out},
+               "metrics": {"question": "lesion", "attribute": attr, "dp_gap": res["dp_gap"], "auc": audit_out["endpoints"]["lesion"]["auc"]}}
+    row: dict = {k: "x" for k in lb.KEY} | {"kind": "imaging"}
+    lb.imaging_entry(row, results)
+    return row
+
+
+def test_imaging_board_marks_dp_gap_by_its_own_permutation_test():
+    """The dp_gap marker comes from dp_gap's permutation test, not from the first test with a p_adjusted
+    (the image-level chi-square, or another gap's test when the chi-square is not applicable)."""
+    rng = np.random.default_rng(3)
+    out = _audit(_frame(rng, n_patients=90, shift=4.0))
+    tests = {t["target"]: t for t in out["endpoints"]["lesion"]["attributes"]["sex"]["tests"]}
+    chi, perm = tests["lesion/sex/decision"], tests["lesion/sex/dp_gap"]
+    assert chi["p_adjusted"] != perm["p_adjusted"]  # the two tests tell apart which one the board reads
+    row = _board_row(out)
+    assert row["dp_gap_p_adjusted"] == pytest.approx(perm["p_adjusted"]) and row["dp_gap_significant"] == perm["significant"]
+    # dp_gap's test not applicable (a constant decision), the chi-square not applicable either, auc_gap's
+    # test applicable: no marker, not auc_gap's
+    df = _frame(rng, n_patients=60)
+    df["d:lesion"] = 1.0
+    out2 = _audit(df)
+    tests2 = {t["target"]: t for t in out2["endpoints"]["lesion"]["attributes"]["sex"]["tests"]}
+    assert not tests2["lesion/sex/dp_gap"]["applicable"] and not tests2["lesion/sex/decision"]["applicable"]
+    assert tests2["lesion/sex/auc_gap"]["p_adjusted"] is not None
+    row2 = _board_row(out2)
+    assert row2.get("dp_gap_p_adjusted") is None and row2.get("dp_gap_significant") is None
+
+
+def test_board_glossary_states_the_interval_rules_of_readme_statistics():
+    """The glossary says what the header and README "Statistics" say: Wilson for rates, the 0-based gap
+    interval unless the permutation test rejects, the case/patient bootstrap for means and AUCs, and no
+    interval without variation; never "every 95% CI is a bootstrap"."""
+    from benchmark.boards import leaderboard as lb
+
+    def row(kind, mode):
+        r = {c: None for c in lb.COLUMNS}
+        r.update(task="t", prompt_mode=mode, model=f"m-{kind}", kind=kind, eval_split="all", utility_metric="")
+        return r
+
+    md = lb.render_markdown("b", [row("text", "zero_shot"), row("imaging", "image")], [], "dp_gap", {})
+    glossary = md[md.index("## Glossary"):md.index("## Per-group detail")]
+    text = next(x for x in glossary.splitlines() if x.startswith("| 95% CI |"))
+    imaging = next(x for x in glossary.splitlines() if x.startswith("| 95% CI (imaging) |"))
+    for line, unit in ((text, "case"), (imaging, "patient")):
+        assert "Wilson" in line and "clustered by " + unit in line and "lower end is 0 unless" in line, line
+        assert "BCa" in line and "(no variation)" in line, line
+    assert "simultaneous" in text and "capped" in text and "within-case permutation" in text
+    assert "patient-level permutation" in imaging
+    assert "chi-square" not in glossary and "permutation test" in next(x for x in glossary.splitlines() if x.startswith("| \\* (imaging)"))
+    header = md.splitlines()[2]
+    assert ": bootstrap." not in header and "Wilson" in header

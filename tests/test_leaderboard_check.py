@@ -375,7 +375,9 @@ def test_leaderboard_reference_deltas_flag_a_planted_difference_and_say_ns_other
     assert p["cf_flip_rate_delta_significant"] and p["dp_gap_delta_significant"] and p["accuracy_delta_significant"]
     s = df.loc["tiny+same"]
     for m in ("accuracy", "cf_flip_rate", "cf_mean_abs_delta", "dp_gap"):
-        assert s[f"{m}_delta"] == 0 and not s[f"{m}_delta_significant"] and s[f"{m}_delta_p_adjusted"] == 1.0
+        # No difference on any resample: an exact 0, no placeholder p = 1 in the family.
+        assert s[f"{m}_delta"] == 0 and not s[f"{m}_delta_significant"] and pd.isna(s[f"{m}_delta_p_adjusted"])
+    assert "+0.000 (no difference on any shared case)" in out.with_name("mit.md").read_text()
     # Holm over the row's tested metrics (all four here), as statsmodels computes it.
     comps = [c for c in versus_reference(base, planted).comparisons if c.p_value is not None]
     assert len(comps) == 4
@@ -385,10 +387,11 @@ def test_leaderboard_reference_deltas_flag_a_planted_difference_and_say_ns_other
     for c, adj in zip(comps, adjusted):
         assert p[f"{c.metric}_delta_p_adjusted"] == pytest.approx(adj, rel=1e-5)
     md = out.with_name("mit.md").read_text()
-    assert "Paired differences against `tiny`" in md and "n.s." in md and "worse" in md
+    assert "Paired differences against `tiny`" in md and "worse" in md
     planted_line = next(line for line in md.splitlines() if line.startswith("| tiny+planted |"))
     same_line = next(line for line in md.splitlines() if line.startswith("| tiny+same |"))
-    assert "worse" in planted_line and planted_line.count("n.s.") <= 1 and same_line.count("n.s.") == 4
+    assert planted_line.count("worse") == 4 and "(same on every resample) p=0.004 worse" in planted_line
+    assert same_line.count("(no difference on any shared case)") == 4
     # A board without the reference row refuses --reference with one line.
     assert main(["leaderboard", str(same), "-o", str(tmp_path / "lb" / "x"), "--no-plots", "--reference", "nope"]) == 2
     # On 4 cases even a difference in every case cannot be significant: the bootstrap p is floored at
@@ -439,13 +442,13 @@ def test_gate_on_too_few_cases_is_inconclusive_not_a_pass(capsys):
 
     from benchmark.boards.check import CheckResult, PerCase, paired, render
 
-    def runs(n):
-        mk = lambda f: PerCase([f"c{i}" for i in range(n)], np.full(n, f), np.full(n, 0.1), np.zeros(n), None)
-        return mk(0.0), mk(1.0)
+    def runs(n):  # the candidate flips in every case but the last, the baseline in none (the differences vary)
+        mk = lambda f: PerCase([f"c{i}" for i in range(n)], f, np.full(n, 0.1), np.zeros(n), None)
+        return mk(np.zeros(n)), mk(np.r_[np.ones(n - 1), 0.0])
 
     comps = paired(*runs(4), {"cf_flip_rate": 0.0}, seed=0)
     c = comps[0]
-    assert c.diff == 1.0 and c.p_value == pytest.approx(1 / 16) and not c.regressed and not c.testable
+    assert c.diff == 0.75 and c.p_value == pytest.approx(1 / 16) and not c.regressed and not c.testable
     assert "4 shared cases" in c.note
     console = Console(record=True, width=200)
     render(CheckResult("paired", "test", comps), {"model": "b"}, {"model": "c", "task": "t", "prompt_mode": "zero_shot"}, console)
@@ -455,3 +458,43 @@ def test_gate_on_too_few_cases_is_inconclusive_not_a_pass(capsys):
     assert big.testable and big.regressed and big.p_value < 0.001
     # Two-sided (leaderboard Δ): floor 2 / 2^n, so 5 cases are not testable either.
     assert not paired(*runs(5), {"cf_flip_rate": 0.0}, seed=0, two_sided=True)[0].testable
+
+
+def test_gate_fails_when_the_candidate_loses_a_group(fair_and_biased, tmp_path, capsys):
+    """A candidate that never gives a valid answer for Black patients: flip rate and gaps computed from
+    the other groups would look fairer and pass. They are undefined, and losing a group the baseline
+    measured is a regression; invalid answers elsewhere are not."""
+    base, _, csv = fair_and_biased
+    cand = _copy(base, tmp_path / "silent")
+    path = cand / "requests.jsonl"
+    rows = [json.loads(x) for x in path.read_text().splitlines()]
+    for r in rows:
+        if r["attributes"]["race"] == "Black":
+            r["option_logprobs"], r["raw_output"] = None, "I cannot answer that."
+    path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    assert main(["score", str(cand), "-q"]) == 0
+    capsys.readouterr()
+    assert main(["check", "--baseline", str(csv), "--candidate", str(cand), "--baseline-run", str(base)]) == 1
+    out = capsys.readouterr().out
+    assert "undefined: group(s) without valid answers (candidate: race=Black)" in out and "REGRESSED" in out
+
+
+def test_identical_runs_give_no_placeholder_p_values():
+    """Identical per-case values: the difference is exactly 0, and no p = 1 enters the Holm family."""
+    import numpy as np
+
+    from benchmark.boards.check import PerCase, paired
+
+    rng = np.random.default_rng(0)
+    flip = (rng.random(20) < 0.3).astype(float)
+    pc = PerCase([f"c{i}" for i in range(20)], flip, rng.random(20), np.zeros(20), None)
+    moved = PerCase(pc.cases, np.roll(flip, 1), pc.delta + 0.01 * rng.standard_normal(20), pc.invalid, None)
+    comps = {c.metric: c for c in paired(pc, moved, {"cf_flip_rate": 0.0, "cf_mean_abs_delta": 0.0, "invalid_rate": 0.0}, seed=0)}
+    inv = comps["invalid_rate"]
+    assert inv.diff == 0.0 and inv.p_value is None and inv.p_adjusted is None and "no variation" in inv.note
+    # The family has the two real tests only: Holm over 2, checked against statsmodels.
+    from statsmodels.stats.multitest import multipletests
+
+    raw = [comps["cf_flip_rate"].p_value, comps["cf_mean_abs_delta"].p_value]
+    want = multipletests(raw, method="holm")[1]
+    assert [comps["cf_flip_rate"].p_adjusted, comps["cf_mean_abs_delta"].p_adjusted] == pytest.approx(list(want), abs=1e-6)

@@ -333,10 +333,16 @@ class CounterfactualAudit:
             spec = self.card.counterfactual.attributes[attr]
             values = spec.values
             groups = {}
+            # A group without a single valid answer is unmeasurable: "invalid = wrong" would turn its
+            # silence into an accuracy of 0 and a confident, significant gap.
+            unmeasurable = [v for v in values if not scored.loc[scored[attr] == v, "valid"].any()]
+            undefined = f"undefined: unmeasurable group(s) without valid answers: {', '.join(unmeasurable)}"
             for value in values:
                 g = scored[scored[attr] == value]
                 per_case = g.groupby("case_id")["_c"]
-                groups[value] = {"accuracy": self._ci_prop(per_case.mean().to_numpy(float), per_case.size().to_numpy(float)),
+                acc = (stats.estimate(float("nan"), None, None, 0, note=undefined) if value in unmeasurable
+                       else self._ci_prop(per_case.mean().to_numpy(float), per_case.size().to_numpy(float)))
+                groups[value] = {"accuracy": acc, "measurable": value not in unmeasurable,
                                  "n_rows": int(len(g)), "n_invalid": int((~g["valid"]).sum())}
             others = [a for a in self.attrs if a != attr]
             pivot = (scored.pivot_table(index=["case_id", *others], columns=attr, values="_c", aggfunc="mean")
@@ -346,7 +352,9 @@ class CounterfactualAudit:
             for value in values:
                 if value == spec.reference:
                     continue
-                if one_block_per_case:
+                if {value, spec.reference} & set(unmeasurable):
+                    deltas[value] = stats.estimate(float("nan"), None, None, 0, note=undefined)
+                elif one_block_per_case:
                     x, y = pivot[value].to_numpy() > 0.5, pivot[spec.reference].to_numpy() > 0.5
                     table = [[int(np.sum(x & y)), int(np.sum(x & ~y))], [int(np.sum(~x & y)), int(np.sum(~x & ~y))]]
                     d, lo, hi = stats.paired_proportion_difference(table)
@@ -355,9 +363,11 @@ class CounterfactualAudit:
                 else:
                     diff = (pivot[value] - pivot[spec.reference]).groupby(level="case_id").mean().to_numpy(float)
                     deltas[value] = {**self._ci_mean(diff, qid, attr, value, "accuracy_delta"), "ci_method": "case_bootstrap"}
-            test = stats.paired_decision_test(pivot.to_numpy(float), f"{qid}/{attr}/correct")
+            test, = self._tests_or_unmeasurable([stats.paired_decision_test(pivot.to_numpy(float), f"{qid}/{attr}/correct")],
+                                                unmeasurable)
             self.tests.append(test)
-            out[attr] = {"reference": spec.reference, "groups": groups, "delta_vs_reference": deltas, "tests": [test]}
+            out[attr] = {"reference": spec.reference, "groups": groups, "delta_vs_reference": deltas, "tests": [test],
+                         **({"unmeasurable_groups": unmeasurable} if unmeasurable else {})}
         return out
 
     # ----- multiple choice with per-case options -----

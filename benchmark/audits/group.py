@@ -13,8 +13,11 @@ for AUC, both classes):
 - ``ece_gap``: gap of expected calibration error (equal-width bins);
 - ``underdiag_gap``: gap of the underdiagnosis rate -- FPR of the "No Finding" endpoint
   (predicted healthy, actually ill) or, for a disease endpoint, its FNR.
-CIs: 95% bootstrap resampling **patients** (all images of a patient move together).
-Tests: chi-square of decision x group per attribute, Holm-corrected across all of them.
+CIs: 95% bootstrap resampling **patients** (all images of a patient move together) for AUC, ECE,
+``worst_group_auc``, ``es_auc`` and the gaps; clustered Wilson for proportions. No interval, with the
+reason in ``note``, when every resample of patients gives the same value.
+Tests: chi-square of decision x group and a permutation test per gap, per attribute, Holm-corrected
+across all applicable tests of the run.
 """
 
 from __future__ import annotations
@@ -137,6 +140,21 @@ def _group_intervals(y, d, d05, patients, mask) -> dict:
     return out
 
 
+def _no_interval_note(point: float, low: float | None, seen: list[float]) -> str:
+    """Why a patient bootstrap gave no interval (``""`` when it gave one or the value is undefined).
+    ``seen``: the statistic on every resample. A statistic that every resample repeats (e.g. an AUC of
+    1.0 on perfectly separated classes) has no interval: [1.0, 1.0] would claim a certainty that the
+    patients do not hold. Otherwise the metric was undefined in some resamples (e.g. a group drawn
+    without positives), which leaves the bootstrap without a finite interval."""
+    if low is not None or not np.isfinite(point):
+        return ""
+    seen = np.asarray(seen, dtype=float)
+    if stats.no_variation(np.append(seen, point)):
+        where = " where it is defined" if not np.isfinite(seen).all() else ""
+        return f"no variation: every resample of patients{where} gives {point:.4g}, so no interval"
+    return "no interval: the metric is undefined in some resamples of patients"
+
+
 class _Clusters:
     """Maps resampled patient indices to their rows (vectorised)."""
 
@@ -177,27 +195,26 @@ class GroupAudit:
         digest = hashlib.sha256("|".join((str(self.seed), *parts)).encode()).digest()
         return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
-    def _ci(self, clusters: _Clusters, fn, *key: str) -> dict:
-        point, lo, hi = stats.bootstrap_ci(np.arange(clusters.n), lambda pidx: fn(clusters.rows(pidx)), self._rng(*key), self.cfg.n_boot)
-        return stats.estimate(point, lo, hi, clusters.n)
-
     def _ci_many(self, clusters: _Clusters, fn_all, names, *key: str) -> dict[str, dict]:
         """CIs of several metrics computed together from the same resamples: every metric's
         bootstrap uses the same seed, so the per-resample dict is computed once and looked up."""
         memo: dict[bytes, dict] = {}
 
-        def stat(name):
+        def stat(name, seen):
             def f(pidx):
                 k = np.asarray(pidx).astype(np.int64).tobytes()
                 if k not in memo:
                     memo[k] = fn_all(clusters.rows(pidx))
+                seen.append(memo[k][name])
                 return memo[k][name]
             return f
 
         out = {}
         for name in names:
-            point, lo, hi = stats.bootstrap_ci(np.arange(clusters.n), stat(name), self._rng(*key), self.cfg.n_boot)
-            out[name] = stats.estimate(point, lo, hi, clusters.n)
+            seen: list[float] = []  # the statistic on every resample (and the jackknife): why there is no interval
+            point, lo, hi = stats.bootstrap_ci(np.arange(clusters.n), stat(name, seen), self._rng(*key), self.cfg.n_boot)
+            note = _no_interval_note(point, lo, seen) if clusters.n >= 2 else "fewer than 2 patients: no interval"
+            out[name] = stats.estimate(point, lo, hi, clusters.n, **({"note": note} if note else {}))
         return out
 
     def _permutation_gaps(self, res: dict, table: dict, names: list[str], kc: _Clusters, codes: np.ndarray,
@@ -251,8 +268,8 @@ class GroupAudit:
             p = (1 + int(np.sum(nul >= obs - tol))) / (1 + len(nul))
             note = f"{mixed} patient(s) with images in several groups shuffled under their most frequent group" if mixed else ""
             test = stats.TestResult("permutation_gap", target, obs, p, False, n_p, note)
-            if p >= self.cfg.alpha:
-                est["ci_low"] = 0.0  # the data do not exclude "no gap"
+            if p >= self.cfg.alpha and est["ci_high"] is not None:
+                est["ci_low"] = 0.0  # the data do not exclude "no gap" (no interval at all stays none: see its note)
             elif est["ci_low"] is not None:
                 est["ci_low"] = max(0.0, est["ci_low"])
             if est["ci_high"] is not None:

@@ -74,8 +74,8 @@ def bootstrap_ci(
 ) -> tuple[float, float | None, float | None]:
     """Point estimate and 95% CI, resampling rows of ``data`` (rows are cases: a paired bootstrap
     when columns are variants of the same case). BCa, falling back to percentile when BCa is
-    undefined (e.g. a degenerate jackknife). No interval (``None, None``) when ``data`` has no
-    variation: every resample would repeat the point estimate, and a zero-width interval would
+    undefined (e.g. a degenerate jackknife). No interval (``None, None``) when ``data``, or the
+    statistic over the resamples, has no variation: every resample would repeat the point estimate, and a zero-width interval would
     claim a certainty that a handful of identical cases does not hold."""
     data = np.asarray(data, dtype=float)
     point = float(statistic(data))
@@ -98,6 +98,10 @@ def bootstrap_ci(
                 method=method,
                 random_state=np.random.default_rng(seed),
             )
+        if no_variation(res.bootstrap_distribution):
+            # e.g. an AUC of 1 that every resample of patients repeats: a zero-width interval would
+            # claim certainty; the caller says "no variation" instead.
+            return point, None, None
         low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
         if math.isfinite(low) and math.isfinite(high):
             return point, low, high

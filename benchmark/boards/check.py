@@ -25,14 +25,14 @@ from __future__ import annotations
 import hashlib
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 
-from ..audits.stats import gap, r6
+from ..audits.stats import gap, no_variation, r6
 from ..errors import FairbenchError
 from ..store import read_requests, read_results
 from .leaderboard import (
@@ -111,6 +111,7 @@ class PerCase:
     invalid: np.ndarray  # cases: share of invalid requests
     decisions: np.ndarray | None  # cases x headline groups: per-case decision rate (binary only)
     correct: np.ndarray | None = None  # cases: share of requests answered correctly (invalid = wrong); None without a reference
+    unmeasurable: list[str] = field(default_factory=list)  # "attr=value" groups without one valid answer on the shared pairs
 
     def value(self, metric: str, idx: np.ndarray) -> float:
         with warnings.catch_warnings():
@@ -168,7 +169,14 @@ def per_case(rows: list[dict], keys: set[tuple[str, str]], reference: dict[str, 
     if len(scored):  # invalid answers count as wrong, as in the audit's accuracy
         hit = (scored["correct"].astype(bool) & scored["valid"]).astype(float)
         correct = hit.groupby(scored["case_id"]).mean().reindex(cases).to_numpy(dtype=float)
+    # A group (attribute value) whose every shared request is invalid cannot be measured: the metrics
+    # that compare groups would otherwise be computed from the others and read as fairer.
+    has_valid: dict[str, bool] = {}
+    for variant, ok in df.groupby("variant")["valid"].any().items():
+        for part in str(variant).split("|"):
+            has_valid[part] = has_valid.get(part, False) or bool(ok)
     return PerCase(
+        unmeasurable=sorted(g for g, ok in has_valid.items() if not ok),
         cases=cases,
         flip=flip.reindex(cases).to_numpy(dtype=float),
         delta=delta.reindex(cases).to_numpy(dtype=float),
@@ -184,6 +192,9 @@ def per_case(rows: list[dict], keys: set[tuple[str, str]], reference: dict[str, 
 # with the group audit's own functions (audits.group.gap_metrics) on the test images both runs share.
 
 IMAGING_GAPS = ("dp_gap", "eod", "auc_gap", "ece_gap", "underdiag_gap", "worst_group_auc", "es_auc")
+# Metrics that compare groups: undefined when a group has no valid answers (text: cf_flip_rate and
+# cf_mean_abs_delta compare variants, i.e. groups, within a case).
+GROUP_METRICS = frozenset({"cf_flip_rate", "cf_mean_abs_delta", *IMAGING_GAPS})
 
 
 @dataclass
@@ -206,6 +217,7 @@ class PerPatient:
     main: _Endpoint
     underdiag: _Endpoint  # the endpoint of the headline underdiag_gap (the "No Finding" one when the card names it)
     bins: int
+    unmeasurable: list[str] = field(default_factory=list)  # groups large enough overall but without enough valid answers
 
     def _gaps(self, ep: _Endpoint, rows: np.ndarray) -> dict[str, float]:
         from ..audits.group import gap_metrics
@@ -262,7 +274,13 @@ def per_patient(base_frame, cand_frame, card, endpoint: str, attribute: str) -> 
                              counts >= min_n, e == nf)
 
         patients = sorted(set(df["patient_id"].astype(str)))
-        return PerPatient(patients, clusters, codes, len(names), valid, ep(endpoint), ep(ud_endpoint), card.audit.ece_bins)
+        main = ep(endpoint)
+        # Groups that would enter the gaps on their labelled images but drop out for lack of valid answers.
+        y = df[f"y:{endpoint}"].to_numpy(dtype=float)
+        labelled = ~np.isnan(y) & (codes >= 0)
+        sized = np.bincount(codes[labelled], minlength=len(names)) >= min_n if len(names) else np.zeros(0, bool)
+        lost = [f"{attribute}={names[i]}" for i in np.nonzero(sized & ~main.include)[0]]
+        return PerPatient(patients, clusters, codes, len(names), valid, main, ep(ud_endpoint), card.audit.ece_bins, lost)
 
     return one(b), one(c), len(ids)
 
@@ -321,6 +339,16 @@ def paired(base: PerCase, cand: PerCase, tolerances: dict[str, float], seed: int
     for metric, tol in tolerances.items():
         b, c = base.value(metric, everyone), cand.value(metric, everyone)
         comp = Comparison(metric, tol, (r6(b), None, None), (r6(c), None, None))
+        lost_b, lost_c = (getattr(x, "unmeasurable", []) if metric in GROUP_METRICS else [] for x in (base, cand))
+        if lost_b or lost_c:
+            # Computed from the remaining groups it would look fairer: undefined. For the gate, a group
+            # that the baseline measured and the candidate no longer can is a regression.
+            which = "; ".join(f"{name}: {', '.join(lost)}" for name, lost in (("baseline", lost_b), ("candidate", lost_c)) if lost)
+            comp.baseline, comp.candidate = ((None, None, None) if lost else x for lost, x in ((lost_b, comp.baseline), (lost_c, comp.candidate)))
+            comp.note = f"undefined: group(s) without valid answers ({which})"
+            comp.regressed = bool(lost_c) and not lost_b and not two_sided
+            out.append(comp)
+            continue
         if math.isnan(b) or math.isnan(c):
             comp.note = "not defined for this task"
             out.append(comp)
@@ -353,6 +381,17 @@ def paired(base: PerCase, cand: PerCase, tolerances: dict[str, float], seed: int
             comp.testable = False
             comp.note = (f"{n} shared cases: the smallest p a paired test on {n} cases can give is {floor:.3g}, not below "
                          f"alpha {ALPHA}, so no difference could be detected; compare runs with more cases")
+        if no_variation(dist) and abs(comp.diff) <= 1e-12:
+            # The runs agree on every resample (e.g. the same answers): there is no difference to test,
+            # and a placeholder p of 1 would only dilute the family. (A constant non-zero difference is
+            # tested: every case moving the same way is evidence, p floored as above.)
+            comp.p_value, comp.diff_ci = None, (None, None)
+            comp.note = "; ".join(filter(None, [comp.note, f"no variation: no difference on any resample of the {n} shared cases"]))
+            out.append(comp)
+            continue
+        if no_variation(dist):  # tested, but a zero-width interval would claim certainty: none
+            comp.diff_ci = (None, None)
+            comp.note = "; ".join(filter(None, [comp.note, f"no variation: the difference is {comp.diff:+.4g} on every resample"]))
         if two_sided:  # H0 "no difference": both tails at 0, NaN resamples counted for H0 in each
             at_or_above = np.sum(np.isnan(dist) | (dist >= -1e-12))
             comp.p_value = max(floor, min(1.0, 2 * float((1 + min(at_or_below, at_or_above)) / (len(dist) + 1))))

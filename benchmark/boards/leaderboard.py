@@ -230,9 +230,11 @@ def imaging_entry(row: dict, results: dict) -> list[dict]:
             _put(row, name, m[name])
     e, attr, res = primary_group_result(results)
     row["attribute"] = attr or m.get("attribute")
-    # The group audit's test of the headline gap: chi-square of decision x group (Holm-corrected over the run).
-    test = next((t for t in res.get("tests", []) if t.get("p_adjusted") is not None), None)
-    if test is not None and row.get("dp_gap") is not None:
+    # The headline gap's own test: the group audit's permutation test of dp_gap (Holm-corrected over the
+    # run), never another test of the attribute (the chi-square, another gap's); no marker when it is not applicable.
+    test = next((t for t in res.get("tests", []) if t.get("test") == "permutation_gap"
+                 and str(t.get("target", "")).rsplit("/", 1)[-1] == "dp_gap"), None)
+    if test is not None and test.get("p_adjusted") is not None and row.get("dp_gap") is not None:
         row["dp_gap_p_adjusted"] = test.get("p_adjusted")
         row["dp_gap_significant"] = bool(test.get("significant"))
     row["worst_group"] = m.get("worst_group") or ""
@@ -540,9 +542,11 @@ def _delta_cell(r: dict, m: str) -> str:
     if d is None:
         return "—"
     p = r.get(f"{m}_delta_p_adjusted")
-    text = f"{d:+.3f} [{r.get(f'{m}_delta_ci_low'):+.3f}, {r.get(f'{m}_delta_ci_high'):+.3f}]"
-    if p is None:
-        return text
+    lo, hi = r.get(f"{m}_delta_ci_low"), r.get(f"{m}_delta_ci_high")
+    if p is None:  # no test: say why rather than print a bare Δ
+        return f"{d:+.3f} (no difference on any shared case)" if d == 0 else f"{d:+.3f} (not testable)"
+    # Without an interval the difference was the same on every resample (e.g. every case flips).
+    text = f"{d:+.3f} [{lo:+.3f}, {hi:+.3f}]" if lo is not None and hi is not None else f"{d:+.3f} (same on every resample)"
     if not r.get(f"{m}_delta_significant"):
         return f"{text} p={p:.2g} n.s."
     better = (d > 0) == HIGHER_IS_BETTER[m]
@@ -580,7 +584,9 @@ def render_markdown(name: str, rows: list[dict], groups: list[dict], sort_by: st
         + "; derived models (`base+method`) follow their base (↳). Values are point estimates with 95% intervals in brackets, "
         + ("over cases" if kinds == ["text"] else "over patients" if kinds == ["imaging"] else "over cases (text) or patients (imaging)")
         + (": Wilson intervals for rates (clustered by case), simultaneous bootstrap intervals for max − min gaps, "
-           "which are 0-based unless their permutation test rejects (README: Statistics), bootstrap otherwise" if "text" in kinds else ": bootstrap")
+           "which are 0-based unless their permutation test rejects (README: Statistics), bootstrap otherwise" if "text" in kinds
+           else ": Wilson intervals for rates (clustered by patient), patient bootstrap otherwise, gaps 0-based unless their "
+           "permutation test rejects (README: Statistics)")
         + ". \\* marks a metric whose " + ("paired " if kinds == ["text"] else "") + "test of \"no group effect\" is significant after "
         f"{'/'.join(corrections) or 'multiple-testing'} correction over all tests of the run.",
         "",
@@ -627,15 +633,25 @@ def render_markdown(name: str, rows: list[dict], groups: list[dict], sort_by: st
     lines += [f"| {k} | {v} |" for k, v in GLOSSARY]
     if "text" in kinds:
         lines += [
-            "| 95% CI | bootstrap over cases (BCa, percentile where BCa is undefined); variants of a case are resampled together |",
+            "| 95% CI | by kind of estimate (README: Statistics). Rates (cf_flip_rate, decision rates, accuracy, invalid rate): "
+            "Wilson interval on the effective number of independent observations, clustered by case. Gaps (dp_gap, max − min "
+            "over groups): simultaneous bootstrap interval over cases whose lower end is 0 unless the within-case permutation "
+            "test rejects, capped at the largest gap the values allow. Means (cf_mean_abs_delta, the worst group's mean "
+            "outcome): case bootstrap (BCa, percentile where BCa is undefined), the variants of a case resampled together. "
+            "No interval, with the reason, e.g. “(no variation)”, when every case gives the same value |",
             "| \\* | the paired test over the headline groups (the intersection of all attributes) is significant after "
             "correction: Cochran's Q / McNemar on decisions for cf_flip_rate and dp_gap, Friedman / Wilcoxon on outcomes "
             "for cf_mean_abs_delta and the worst group |",
         ]
     if "imaging" in kinds:
         lines += [
-            "| 95% CI (imaging) | bootstrap over test patients (all images of a patient move together) |",
-            "| \\* (imaging) | the chi-square test of decision × group of the primary attribute is significant after correction (marks dp_gap) |",
+            "| 95% CI (imaging) | over test patients, all images of a patient together (README: Statistics). Rates (accuracy): "
+            "Wilson interval clustered by patient. Gaps (dp_gap, eod, auc_gap, ece_gap, underdiag_gap): patient bootstrap "
+            "(BCa) of max − min whose lower end is 0 unless the patient-level permutation test rejects. AUC, worst-group AUC: "
+            "patient bootstrap (BCa). No interval, with the reason, e.g. “(no variation)”, when every resample of patients "
+            "gives the same value |",
+            "| \\* (imaging) | dp_gap's own permutation test (group labels shuffled across patients) is significant after "
+            "correction; no mark when that test is not applicable |",
         ]
     lines += [
         "| small group | a group with fewer cases (imaging: images) than the task's `audit.min_group_size`: its estimates are unreliable"

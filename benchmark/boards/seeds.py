@@ -3,9 +3,12 @@ one row per model from the ``summary.json`` of ``fairbench run --seeds N``, ever
 t-CI over seeds, and paired t-tests (``seeds.compare``) against the row's reference across the shared
 seeds: ``--reference`` (e.g. ERM) unless a ``--control`` glob names the row's like-for-like control
 (e.g. ``'*fairmed-vlm*=vit-tiny+erm-lora'``: the LoRA methods against ERM through the same adapter).
-The raw p-values of the board's metrics are Holm-corrected together per row (statsmodels
-``multipletests``), so the family is exactly the columns shown; a difference whose Holm p is not below
-0.05 is marked ``n.s.``. Writes NAME.md, NAME.csv and the trade-off plot
+The raw p-values of the board's metrics are Holm-corrected together per row (``seeds.compare`` with the
+board's metrics: statsmodels ``multipletests`` over the applicable tests), so the family is exactly the
+columns shown that could be tested; a test without variation across seeds is left out and shown as
+"(no test: no variation)"; a difference whose Holm p is not below 0.05 is marked ``n.s.``. A mean whose
+seeds all agree has no interval ("(no variation)"), and seeds without a value are counted in the cell
+("(1 of 5 seeds missing)"). Writes NAME.md, NAME.csv and the trade-off plot
 NAME.tradeoff.png (300 dpi), .svg and .pdf (utility against the kind's headline gap, Pareto frontier;
 the boards' paper-figure code). ``fairbench report NAME.csv`` renders such a board as HTML (``report.seeds_board_view``).
 
@@ -97,18 +100,6 @@ def reference_of(model: str, reference: str, controls: list[tuple[str, str]]) ->
     return None if model == reference else reference
 
 
-def holm(ps: list[float | None]) -> list[float | None]:
-    """Holm-adjusted p-values over the non-missing entries (statsmodels ``multipletests``)."""
-    from statsmodels.stats.multitest import multipletests
-
-    idx = [i for i, p in enumerate(ps) if p is not None]
-    out: list[float | None] = [None] * len(ps)
-    if idx:
-        for i, q in zip(idx, multipletests([ps[i] for i in idx], method="holm")[1]):
-            out[i] = float(q)
-    return out
-
-
 def build(dirs: list[Path], reference: str, controls: list[tuple[str, str]] | None = None) -> list[dict]:
     loaded = [_load(d) for d in dirs]
     by_model = {s["model"]: (s, runs) for s, runs in loaded}
@@ -133,15 +124,19 @@ def build(dirs: list[Path], reference: str, controls: list[tuple[str, str]] | No
         for m in metrics:
             e = s["metrics"].get(m, {})
             row[m], row[f"{m}_ci_low"], row[f"{m}_ci_high"], row[f"{m}_sd"] = e.get("mean"), e.get("ci_low"), e.get("ci_high"), e.get("sd")
+            row[f"{m}_note"] = e.get("note") if e.get("ci_low") is None else None  # why there is no interval
+            row[f"{m}_n_missing"] = e.get("n_missing")
         ref = reference_of(model, reference, controls)
         row["reference"] = ref
         if ref is not None:
-            tests = {t["target"]: t for t in compare(runs, by_model[ref][1])["tests"]}
-            raw = [tests.get(m, {}).get("p_value") for m in metrics]
-            for m, p, q in zip(metrics, raw, holm(raw)):
-                row[f"{m}_diff"] = tests.get(m, {}).get("mean_diff")
-                row[f"{m}_p"] = p
-                row[f"{m}_p_holm"] = q
+            # The family: the board's metrics whose test is applicable (compare corrects over exactly those).
+            tests = {t["target"]: t for t in compare(runs, by_model[ref][1], metrics)["tests"]}
+            for m in metrics:
+                t = tests.get(m, {})
+                row[f"{m}_diff"] = t.get("mean_diff")
+                row[f"{m}_p"] = t.get("p_value")
+                row[f"{m}_p_holm"] = t.get("p_adjusted")
+                row[f"{m}_test_note"] = t.get("note") if t and not t.get("applicable") else None
         rows.append(row)
     # The reference first, each control before the rows tested against it, then by the headline gap.
     rank = {reference: 0, **{c: 1 for _, c in controls}}
@@ -161,11 +156,16 @@ def _cell(r: dict, m: str) -> str:
     if r.get(m) is None:
         return "-"
     txt = f"{r[m]:.3f} [{r[f'{m}_ci_low']:.3f}, {r[f'{m}_ci_high']:.3f}]" if r.get(f"{m}_ci_low") is not None else f"{r[m]:.3f}"
+    if r.get(f"{m}_ci_low") is None and r.get(f"{m}_note"):  # why there is no interval (e.g. no variation)
+        txt += f" ({str(r[f'{m}_note']).split(':')[0]})"
+    if r.get(f"{m}_n_missing"):  # left out of the mean: say so, a mean of 4 seeds is not one of 5
+        txt += f" ({int(r[f'{m}_n_missing'])} of {r.get('n_seeds')} seeds missing)"
     p = r.get(f"{m}_p_holm")
     if r.get(f"{m}_diff") is not None:
         better = (r[f"{m}_diff"] > 0) == HIGHER.get(m, False)
         mark = ("↑" if better else "↓") if p is not None and p < 0.05 else " n.s."
-        txt += f" Δ{r[f'{m}_diff']:+.3f} p={p:.3g}{mark}" if p is not None else f" Δ{r[f'{m}_diff']:+.3f} (no test)"
+        why = str(r.get(f"{m}_test_note") or "").split(":")[0]
+        txt += f" Δ{r[f'{m}_diff']:+.3f} p={p:.3g}{mark}" if p is not None else f" Δ{r[f'{m}_diff']:+.3f} (no test{': ' + why if why else ''})"
     return txt
 
 
@@ -184,8 +184,9 @@ def render(name: str, rows: list[dict], reference: str, plot: str | None) -> str
                  "so it is not a bias measure where base rates differ.")
     lines = [f"# {name}", "",
              f"Task `{task}` ({', '.join(sorted(kinds))}, prompt mode {rows[0].get('prompt_mode') or '-'}), {split}; every value "
-             f"is the mean over the row's seeds with its 95% t-interval. Δ = mean paired difference {against}; "
-             "p = paired t-test, Holm-corrected over the metrics of the row shown here; ↑ / ↓ = significantly "
+             f"is the mean over the row's seeds with its 95% t-interval (none where every seed agrees). Δ = mean paired difference {against}; "
+             "p = paired t-test, Holm-corrected over the metrics of the row shown here that can be tested (no test: "
+             "every seed gives the same difference, or fewer than 2 paired seeds); ↑ / ↓ = significantly "
              f"better / worse (Holm p < 0.05), n.s. = not significant.{note}", "",
              "| model | vs | seeds | " + " | ".join(metrics) + " |", "|---|---|---|" + "---|" * len(metrics)]
     for r in rows:

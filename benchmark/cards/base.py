@@ -8,6 +8,23 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
+def check_labels(field: str, labels: list[str]) -> None:
+    """Labels that an audit tells apart: non-empty, no surrounding whitespace (" Yes" is never the
+    answer "Yes"), each once, also ignoring case (the parsers and accuracy compare without case).
+    The one check for every list of options, values or names a card or a data row declares.
+
+    Raises ValueError (pydantic turns it into a field error; callers outside a card wrap it)."""
+    for label in labels:
+        if not label.strip():
+            raise ValueError(f"{field}: an empty label")
+        if label != label.strip():
+            raise ValueError(f"{field}: {label!r} has leading or trailing whitespace; write {label.strip()!r}")
+    lowered = [label.lower() for label in labels]
+    dupes = sorted({label for label, low in zip(labels, lowered) if lowered.count(low) > 1})
+    if dupes:
+        raise ValueError(f"{field}: {', '.join(map(repr, dupes))} listed more than once (each must appear once)")
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from .base import AuditSpec, CardBase, _Strict
+from .base import AuditSpec, CardBase, _Strict, check_labels
 
 ATTRIBUTES = ("sex", "age_group", "race")
 
@@ -33,8 +33,24 @@ class VLMSpec(_Strict):
 
     @model_validator(mode="after")
     def _positive_is_option(self):
+        # Options the answers are mapped to: the same rule as a text card's options (a repeated
+        # option splits its probability; " Yes" is never the answer "Yes").
+        check_labels("vlm.options", self.options)
         if self.positive not in self.options:
             raise ValueError(f"vlm.positive {self.positive!r} must be one of vlm.options {self.options}")
+        unknown = [k for k in self.synonyms if k not in self.options]
+        if unknown:
+            raise ValueError(f"vlm.synonyms: {unknown} are not vlm.options {self.options}; key each list by its option")
+        # A spelling accepted for two options would make the answer mean both (answers.vocabulary,
+        # which also ignores punctuation, checks again when answers are read).
+        owner: dict[str, str] = {}
+        for option in self.options:
+            for spelling in [option, *self.synonyms.get(option, [])]:
+                if not spelling.strip():
+                    raise ValueError(f"vlm.synonyms.{option}: an empty spelling")
+                key = " ".join(spelling.casefold().split())
+                if owner.setdefault(key, option) != option:
+                    raise ValueError(f"vlm.synonyms: {spelling!r} is accepted for both {owner[key]!r} and {option!r}; keep it under one option")
         return self
 
 
@@ -66,11 +82,30 @@ class ImagingAudit(AuditSpec):
     @field_validator("attributes")
     @classmethod
     def _known(cls, v):
+        seen: dict[tuple[str, ...], str] = {}
         for a in v:
-            for part in a.split("*"):
+            parts = a.split("*")
+            for part in parts:
                 if part not in ATTRIBUTES:
                     raise ValueError(f"unknown attribute {part!r}; use {', '.join(ATTRIBUTES)} or a*b intersections")
+            if len(set(parts)) != len(parts):
+                raise ValueError(f"{a!r} crosses an attribute with itself; list it once")
+            # sex*age_group and age_group*sex are one grouping: audited twice, it would count twice
+            # in the multiple-testing family.
+            key = tuple(sorted(parts))
+            if key in seen:
+                raise ValueError(f"{a!r} repeats {seen[key]!r}; list each grouping once")
+            seen[key] = a
         return v
+
+    @model_validator(mode="after")
+    def _primary_is_audited(self):
+        # The headline (leaderboard row) reads the primary attribute's gaps: one that is not audited
+        # would give a headline without any gap, and no error.
+        if self.primary_attribute not in self.attributes:
+            raise ValueError(f"primary_attribute {self.primary_attribute!r} is not one of the audited attributes "
+                             f"{self.attributes}; add it to audit.attributes or choose one of them")
+        return self
 
 
 class ImagingTaskCard(CardBase):
@@ -99,6 +134,8 @@ class ImagingTaskCard(CardBase):
 
     @model_validator(mode="after")
     def _consistent(self):
+        check_labels("labels", self.labels)  # a label twice would be audited (and asked) twice
+        check_labels("positive_classes", self.positive_classes)
         if self.label_type == "binary" and len(self.labels) != 1:
             raise ValueError("label_type binary needs exactly one label")
         if self.label_type == "multiclass":

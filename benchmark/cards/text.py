@@ -11,21 +11,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from .base import AuditSpec, CardBase, _Strict
-
-
-def _check_labels(field: str, labels: list[str]) -> None:
-    """Labels that an audit tells apart: non-empty, no surrounding whitespace (" Yes" is never the
-    answer "Yes"), each once, also ignoring case (the parser and accuracy compare without case)."""
-    for label in labels:
-        if not label.strip():
-            raise ValueError(f"{field}: an empty label")
-        if label != label.strip():
-            raise ValueError(f"{field}: {label!r} has leading or trailing whitespace; write {label.strip()!r}")
-    lowered = [label.lower() for label in labels]
-    dupes = sorted({label for label, low in zip(labels, lowered) if lowered.count(low) > 1})
-    if dupes:
-        raise ValueError(f"{field}: {', '.join(map(repr, dupes))} listed more than once (each must appear once)")
+from .base import AuditSpec, CardBase, _Strict, check_labels
 
 
 class Attribute(_Strict):
@@ -34,7 +20,7 @@ class Attribute(_Strict):
 
     @model_validator(mode="after")
     def _reference_is_a_value(self):
-        _check_labels("values", self.values)
+        check_labels("values", self.values)
         if self.reference not in self.values:
             raise ValueError(f"reference {self.reference!r} is not one of values {self.values}")
         return self
@@ -75,10 +61,18 @@ class Counterfactual(_Strict):
                 raise ValueError(f"names.key uses unknown attribute {attr!r}")
         import itertools
 
+        seen: dict[frozenset, str] = {}
         for combo in itertools.product(*(self.attributes[a].values for a in self.names.key)):
             key = "|".join(combo)
             if not self.names.pools.get(key):
                 raise ValueError(f"names.pools has no names for group {key!r}")
+            # Two groups drawing from the same names: the name cannot tell them apart, so keying the
+            # pools by that attribute only pretends to vary it (shared single names are fine).
+            pool = frozenset(self.names.pools[key])
+            if pool in seen:
+                raise ValueError(f"names.pools: groups {seen[pool]!r} and {key!r} have the same names, so a name cannot "
+                                 f"tell them apart; give each group its own names or remove the attribute from names.key")
+            seen[pool] = key
         return self
 
     @model_validator(mode="after")
@@ -152,12 +146,12 @@ class Question(_Strict):
 
     @model_validator(mode="after")
     def _kind_fields(self):
-        _check_labels(f"question {self.id}: options", self.options)
+        check_labels(f"question {self.id}: options", self.options)
         unknown = [k for k in self.option_labels if k not in self.options]
         if unknown and self.options:
             raise ValueError(f"question {self.id}: option_labels for {unknown}, which are not options {self.options}")
         if self.option_labels:
-            _check_labels(f"question {self.id}: option_labels", list(self.option_labels.values()))
+            check_labels(f"question {self.id}: option_labels", list(self.option_labels.values()))
         if self.options_field is None and len(self.options) < 2:
             raise ValueError(f"question {self.id}: needs at least 2 options, or options_field")
         if self.options_field is not None and self.kind != "categorical":
@@ -213,6 +207,13 @@ class TaskCard(CardBase):
     prompt_modes: dict[str, PromptMode]
     default_mode: str = "zero_shot"
     audit: AuditSpec = Field(default_factory=AuditSpec)
+
+    @field_validator("questions")
+    @classmethod
+    def _question_ids_unique(cls, v):
+        # A repeated id would ask the same question twice per variant and merge both into one audit.
+        check_labels("id", [q.id for q in v])
+        return v
 
     @model_validator(mode="after")
     def _mode_exists(self):

@@ -11,7 +11,7 @@ from ..base import Kind, Prepared
 from ..options import NORMALIZATIONS
 from .evaluate import evaluate
 from .expand import expand, variant_id
-from .prompts import build_requests
+from .prompts import build_requests, check_fields, check_prompts_differ
 
 
 def _ids_digest(cases) -> str:
@@ -57,6 +57,7 @@ class TextKind(Kind):
                 f"Use a labels mode, or backend hf, llamacpp, vllm or openai with scoring_endpoint: completions."
             )
         cases, report, files = load_cases(card, spec.data_dir)
+        check_fields(card, cases)  # on the whole file: the fields and values the questions name exist
         n_cases_total = len({c.case_id for c in cases})
         # A derived model is audited on the cases its mitigation never saw (data/split.py).
         source = models.get(spec.cases_from) if spec.cases_from else model_spec
@@ -68,6 +69,12 @@ class TextKind(Kind):
         variants = expand(cases, card.counterfactual, spec.seed, report)
         requests = build_requests(card, variants, mode, spec.seed,
                                   max_new_tokens=model_spec.generation.max_new_tokens, temperature=spec.temperature)
+        if not requests:
+            raise FairbenchError(
+                f"task {card.name}: none of the {len({c.case_id for c in cases})} selected case(s) is asked any question "
+                f"(questions' applies_to). Select more cases (--limit, --sample) or check applies_to in the task card."
+            )
+        check_prompts_differ(card, mode, variants, requests, report)
         run_info = {"prompt_mode": mode, **({"option_scoring": scoring} if scoring else {}),
                     "n_cases": len({c.case_id for c in cases}), "n_cases_available": n_cases_total,
                     **({"sample": spec.sample, "sample_case_ids_sha256": _ids_digest(cases)} if getattr(spec, "sample", None) else {}),
