@@ -11,6 +11,25 @@ from pydantic import BaseModel, ValidationError
 from .errors import FairbenchError
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key repeated in one mapping. PyYAML keeps the last one
+    silently, so a repeated attribute, prompt mode or model entry would vanish without a word; a few
+    lines here rather than a second YAML library (ruamel.yaml) for this one check."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line)
+            except TypeError:  # an unhashable key: let the base class report it
+                continue
+            if first != key_node.start_mark.line:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} repeated (first at line {first + 1}); keep one", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: Path) -> Any:
     if not path.is_file():
         raise FairbenchError(f"{path}: file not found. Check the path.")
@@ -19,7 +38,7 @@ def read_yaml(path: Path) -> Any:
     except UnicodeDecodeError as exc:
         raise FairbenchError(f"{path}: not valid UTF-8 (byte {exc.start}). Save the file as UTF-8.") from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
