@@ -498,3 +498,16 @@ def test_identical_runs_give_no_placeholder_p_values():
     raw = [comps["cf_flip_rate"].p_value, comps["cf_mean_abs_delta"].p_value]
     want = multipletests(raw, method="holm")[1]
     assert [comps["cf_flip_rate"].p_adjusted, comps["cf_mean_abs_delta"].p_adjusted] == pytest.approx(list(want), abs=1e-6)
+
+
+def test_board_keeps_the_reason_an_estimate_has_no_interval(tiny_run, tmp_path):
+    """Every variant answers alike in every case: the worst group's mean has no interval; the reason
+    survives the CSV and is printed beside the value."""
+    run = _copy(tiny_run, tmp_path / "flat")
+    _set_logprobs(run, _fair)
+    out = tmp_path / "lb" / "flat"
+    assert main(["leaderboard", str(run), "-o", str(out), "--no-plots"]) == 0
+    df = pd.read_csv(out.with_name("flat.csv"))
+    assert df.loc[0, "worst_group_outcome_note"].startswith("no variation") and pd.isna(df.loc[0, "worst_group_outcome_ci_low"])
+    line = next(x for x in out.with_name("flat.md").read_text().splitlines() if x.startswith("| tiny |"))
+    assert "gender=man: 0.622 (no variation)" in line, line

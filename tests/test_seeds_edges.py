@@ -121,3 +121,22 @@ def test_board_leaves_untestable_metrics_out_and_shows_why(tmp_path):
     assert "(1 of 5 seeds missing)" in cells["auc"] and "missing" not in cells["dp_gap"]
     md = board.render("b", list(rows.values()), "erm", None)
     assert "(1 of 5 seeds missing)" in md and "0.100 (no variation)" in md
+
+
+def test_html_seeds_view_says_why_a_mean_has_no_interval(tmp_path):
+    """The HTML report of a seeds board shows the same reasons as the Markdown board."""
+    from benchmark.boards.report import seeds_board_view
+
+    ref = _fake_seeds(tmp_path, "erm", [{"auc": 0.7 + 0.01 * i, "eod": 0.1, "dp_gap": 0.3 - 0.01 * i} for i in range(5)])
+    fix_seeds = [{"auc": 0.71 + 0.01 * i, "eod": 0.1, "dp_gap": 0.1 + 0.02 * (i % 2)} for i in range(5)]
+    fix_seeds[1]["auc"] = None
+    fix = _fake_seeds(tmp_path, "erm+fix", fix_seeds)
+    import pandas as pd
+
+    csv = tmp_path / "b.csv"
+    pd.DataFrame(board.build([ref, fix], "erm")).to_csv(csv, index=False)
+    view = seeds_board_view(csv)
+    cells = {t["metric"]: {r["model"]: r for r in t["rows"]} for t in view["seeds"]["tables"]}
+    assert cells["eod"]["erm+fix"]["mean"] == "0.100 (no variation)"
+    assert cells["eod"]["erm+fix"]["p"] == "— (no variation)"
+    assert cells["auc"]["erm+fix"]["mean"].endswith("(1 of 5 seeds missing)")

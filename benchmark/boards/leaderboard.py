@@ -47,13 +47,14 @@ DELTA_COLUMNS = (["delta_reference", "delta_reference_run_id", "delta_method"]
                  + [f"{m}_delta{s}" for m in DELTA_METRICS for s in ("", "_ci_low", "_ci_high", "_p_adjusted", "_significant")])
 COLUMNS = (
     KEY
-    + ["kind", "base_model", "question", "utility_metric", "utility", "utility_ci_low", "utility_ci_high"]
+    + ["kind", "base_model", "question", "utility_metric", "utility", "utility_ci_low", "utility_ci_high", "utility_note"]
     + [f"{m}{s}" for m in FAIRNESS_METRICS for s in ("", "_ci_low", "_ci_high", "_p_adjusted", "_significant", "_note")]
     + ["worst_group", "worst_group_outcome", "worst_group_outcome_ci_low", "worst_group_outcome_ci_high",
-       "worst_group_p_adjusted", "worst_group_significant"]
-    + [f"{m}{s}" for m in IMAGING_ESTIMATES for s in ("", "_ci_low", "_ci_high")]
+       "worst_group_outcome_note", "worst_group_p_adjusted", "worst_group_significant"]
+    # "_note": why an estimate has no interval (no variation, undefined), shown beside the value.
+    + [f"{m}{s}" for m in IMAGING_ESTIMATES for s in ("", "_ci_low", "_ci_high", "_note")]
     + ["attribute"]
-    + ["n_cases", "n_requests", "n_invalid", "invalid_rate", "invalid_rate_ci_low", "invalid_rate_ci_high",
+    + ["n_cases", "n_requests", "n_invalid", "invalid_rate", "invalid_rate_ci_low", "invalid_rate_ci_high", "invalid_rate_note",
        "small_groups", "correction", "seed", "limit", "sample", "run_id", "model_fingerprint", "git_commit", "finished_at"]
     + ["model_description"]
     + DELTA_COLUMNS
@@ -609,7 +610,7 @@ def render_markdown(name: str, rows: list[dict], groups: list[dict], sort_by: st
             if r.get("base_model") and any(o["model"] == r["base_model"] for o in block):
                 model = f"↳ {model}"
             cells = [model] + ([_md_escape(r.get("eval_split") or "all")] if show_split else [])
-            util = _fmt(r.get("utility"), r.get("utility_ci_low"), r.get("utility_ci_high"))
+            util = _est("utility", marked=False)(r)
             cells.append(f"{r['utility_metric']} {util}" if r.get("utility_metric")
                          else "no reference" if kind == "text" else "—")
             cells += [cell(r) for _, cell in cols]
@@ -618,7 +619,7 @@ def render_markdown(name: str, rows: list[dict], groups: list[dict], sort_by: st
             if r.get("small_groups"):
                 n += f", {r['small_groups']} small group(s)"
             cells.append(n)
-            cells.append(_fmt(r.get("invalid_rate"), r.get("invalid_rate_ci_low"), r.get("invalid_rate_ci_high")))
+            cells.append(_est("invalid_rate", marked=False)(r))
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
         lines += _delta_table(block)

@@ -777,11 +777,15 @@ def seeds_board_view(csv_path: Path) -> dict:
             trs.append({
                 "model": r["model"], "reference": r["model"] == reference, "derived": bool(r.get("base_model")),
                 "seeds": r.get("seeds") or "—", "n_seeds": r.get("n_seeds"),
-                "mean": fmt_est({"value": r.get(m), "ci_low": r.get(f"{m}_ci_low"), "ci_high": r.get(f"{m}_ci_high")}),
+                "mean": fmt_est({"value": r.get(m), "ci_low": r.get(f"{m}_ci_low"), "ci_high": r.get(f"{m}_ci_high"),
+                                 "note": r.get(f"{m}_note")})
+                        + (f" ({r[f'{m}_n_missing']:.0f} of {r.get('n_seeds')} seeds missing)" if _finite(r.get(f"{m}_n_missing"))
+                           and r.get(f"{m}_n_missing") else ""),
                 "sd": fmt(r.get(f"{m}_sd")),
                 # A row tested against its own control (leaderboard --control) names it beside the difference.
                 "diff": (f"{diff:+.3f}" + (f" vs {r['reference']}" if r.get("reference") not in (None, reference) else "")) if _finite(diff) else "—",
-                "p": fmt_p(p), "p_holm": fmt_p(p_holm), "significant": bool(significant),
+                "p": fmt_p(p) if _finite(p) or not r.get(f"{m}_test_note") else f"— ({str(r[f'{m}_test_note']).split(':')[0]})",
+                "p_holm": fmt_p(p_holm), "significant": bool(significant),
                 "mark": ("↑" if better else "↓") if significant else "",
             })
         tables.append({"metric": m, "higher": HIGHER.get(m, False), "rows": trs})
