@@ -169,14 +169,26 @@ def _grid_table(cells) -> None:
 
 @app.command()
 def score(
-    run_dir: Path = typer.Argument(..., help="A run directory written by `fairbench run`."),
+    run_dir: Path = typer.Argument(..., help="A run directory written by `fairbench run` (or a `run --seeds N` directory)."),
     tasks_dir: Optional[Path] = TasksDir,
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
-    """Recompute parsing, metrics and statistics from stored raw outputs, without any model."""
+    """Recompute parsing, metrics and statistics from stored raw outputs, without any model. A
+    multi-seed directory (`run --seeds N`) rescores every seed's run and rewrites its summary."""
     from .api import score as api_score
+    from .boards.seeds import is_seeds_dir
     from .boards.terminal import print_results
     from .boards.verdict import print_verdict
+
+    if is_seeds_dir(run_dir):
+        from .seeds import print_summary, rescore_seeds
+
+        summary = rescore_seeds(run_dir, tasks_dir)
+        if quiet:
+            print(run_dir)
+        else:
+            print_summary(summary, run_dir, console)
+        return
 
     results = api_score(run_dir, tasks_dir).raw
     print_verdict(results, None if quiet else console)

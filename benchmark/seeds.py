@@ -203,6 +203,33 @@ def run_seeds(spec, n: int, quiet: bool = False) -> tuple[Path, dict]:
     return out, summary
 
 
+def rescore_seeds(seeds_dir: Path, tasks_dir: Path | None = None) -> dict:
+    """``fairbench score`` of a multi-seed directory: rescore every seed's run from its stored outputs
+    (``rescore.rescore``, no model) and rewrite ``summary.json`` with this code's statistics. A run is
+    found at its recorded path or, when the runs were moved together, beside ``seeds_dir``.
+
+    Raises FairbenchError naming the missing run directory."""
+    from .rescore import rescore
+
+    import json
+
+    seeds_dir = Path(seeds_dir)
+    summary = json.loads((seeds_dir / "summary.json").read_text(encoding="utf-8"))
+    run_dirs = []
+    for recorded in summary.get("runs") or []:
+        here = Path(recorded) if (Path(recorded) / "results.json").is_file() else seeds_dir.parent / Path(recorded).name
+        if not (here / "results.json").is_file():
+            raise FairbenchError(f"{seeds_dir / 'summary.json'}: seed run {recorded} not found (nor beside it as {here}); "
+                                 "move the seed run directories together with the summary.")
+        run_dirs.append(here)
+    if not run_dirs:
+        raise FairbenchError(f"{seeds_dir / 'summary.json'}: field runs is empty; rerun `fairbench run --seeds N`.")
+    results = [rescore(d, tasks_dir) for d in run_dirs]
+    new = summarize(results, run_dirs)
+    write_atomic(seeds_dir / "summary.json", dumps(new))
+    return new
+
+
 def print_summary(summary: dict, out: Path, console) -> None:
     from rich.table import Table
 

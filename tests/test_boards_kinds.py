@@ -278,3 +278,22 @@ def test_seeds_summary_and_board_take_kind_and_mode_from_the_runs(runs, tmp_path
     df = pd.read_csv(out.with_suffix(".csv")).set_index("model")
     assert set(df["kind"]) == {kind} and set(df["prompt_mode"]) == {mode}
     assert df.loc["ref", metric] == pytest.approx(_results(runs[kind])["metrics"][metric]["value"], abs=1e-6)
+
+
+def test_score_of_a_seeds_dir_rescores_every_seed_and_the_summary(runs, tmp_path, capsys):
+    """`fairbench score SEEDS_DIR` recomputes each seed's run from its stored outputs and rewrites the
+    summary, also after the directories were moved together (summary.json records absolute paths)."""
+    (tmp_path / "a").mkdir()
+    seeds = _seeds_dir(tmp_path / "a", runs["imaging"], "m")
+    before = json.loads((seeds / "summary.json").read_text())["metrics"]["dp_gap"]["mean"]
+    _plant_gap(tmp_path / "a" / "m__seed1", tmp_path / "planted")  # the planted copy's requests, rescored
+    shutil.copy(tmp_path / "planted" / "requests.jsonl", tmp_path / "a" / "m__seed1" / "requests.jsonl")
+    moved = tmp_path / "b"
+    (tmp_path / "a").rename(moved)
+    assert main(["score", str(moved / "m__seeds"), "-q"]) == 0
+    summary = json.loads((moved / "m__seeds" / "summary.json").read_text())
+    seed1 = _results(moved / "m__seed1")["metrics"]["dp_gap"]["value"]
+    assert summary["metrics"]["dp_gap"]["values"][1] == pytest.approx(seed1) and summary["metrics"]["dp_gap"]["mean"] > before
+    shutil.rmtree(moved / "m__seed0")
+    assert main(["score", str(moved / "m__seeds"), "-q"]) == 2
+    assert "m__seed0 not found" in capsys.readouterr().err
