@@ -455,4 +455,22 @@ def test_resampling_unit_is_the_case():
     # The gap interval: group means that differ by a fixed offset in every case (no noise).
     values = x[:, None] + np.array([0.0, 0.1, 0.2, 0.3])
     res = stats.gap_inference(values, [0, 1, 2, 3], 4, np.random.default_rng(2), 500)
-    assert res["value"] == pytest.approx(0.3) and res["ci_high"] - res["value"] < 1e-9 and res["p_value"] < 0.01
+    # Resampled by case, the group differences never move (no zero-width interval is claimed); the
+    # permutation test still rejects.
+    assert res["value"] == pytest.approx(0.3) and res["ci_high"] is None and res["note"].startswith("no variation")
+    assert res["p_value"] < 0.01
+
+
+def test_gap_without_variation_within_cases_has_no_test_and_no_interval(card):
+    """Cases differ, but every variant of a case gets the same decision (a self-distilled model): dp_gap
+    is 0 on the sample, and no shuffle of the group labels can change it. Not 0.000 [0.000, 0.000] with
+    a permutation p of 1 in the family: no interval, the test not applicable."""
+    df = frame(np.random.default_rng(0), n_cases=25, p_fn=lambda c, r, g: 0.8 if c % 3 else 0.2)
+    res = CounterfactualAudit(card, seed=0).run(df)
+    q = res["questions"]["treat"]
+    for attr in ("race", "gender"):
+        gap = q["attributes"][attr]["dp_gap"]
+        assert gap["value"] == 0.0 and gap["ci_low"] is None and gap["ci_high"] is None
+        assert gap["note"].startswith("no variation under shuffling")
+    perm = [t for t in res["tests"] if t["test"] == "permutation_gap" and t["target"].endswith("dp_gap")]
+    assert perm and all(t["p_value"] is None and t["p_adjusted"] is None for t in perm)

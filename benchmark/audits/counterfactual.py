@@ -117,8 +117,9 @@ class CounterfactualAudit:
                   .reindex(columns=variants).to_numpy(dtype=float))
         res = stats.gap_inference(matrix, labels, len(values), self._rng(qid, column, name), self.cfg.n_boot,
                                   self.cfg.alpha, with_ci=self.with_ci, max_gap=max_gap)
+        # The note explains a missing test or a missing interval; the test carries it only when it is the former.
         test = stats.TestResult("permutation_gap", target, res["value"] if res["p_value"] is not None else None,
-                                res["p_value"], True, len(matrix), res["note"])
+                                res["p_value"], True, len(matrix), res["note"] if res["p_value"] is None else "")
         self._pending.append(test)
         est = stats.estimate(res["value"], res["ci_low"], res["ci_high"], len(matrix), p_value=stats.num(res["p_value"]),
                              p_adjusted=None, null_mean=stats.num(res["null_mean"]), null_q95=stats.num(res["null_q95"]),

@@ -180,7 +180,9 @@ def gap_inference(values: np.ndarray, labels: list[int] | np.ndarray, n_groups: 
       centred group means, max_g,h |(m*_g - m_g) - (m*_h - m_h)|, so every pairwise difference lies in
       d_gh +- c together and the gap in [gap - c, gap + c] (coverage checked by simulation,
       tests/test_planted_bias.py). The lower end is 0 unless the permutation test rejects at ``alpha``,
-      so the interval excludes 0 no more often than alpha when there is no effect. The upper end is
+      so the interval excludes 0 no more often than alpha when there is no effect. No test when no
+      shuffle changes the gap (e.g. no variation within cases), no interval when no resample changes
+      the group differences (it would have zero width); ``note`` says which. The upper end is
       clipped to ``max_gap``, the largest gap the values' domain allows (1 for rates and probabilities):
       a gap of 0.78 + c must not read as a rate difference above 1.
     """
@@ -203,14 +205,23 @@ def gap_inference(values: np.ndarray, labels: list[int] | np.ndarray, n_groups: 
     null = _ranges(_group_means(shuffled, onehot))
     null = null[np.isfinite(null)]
     tol = TOLERANCE * max(1.0, abs(point))
-    p = (1 + int(np.sum(null >= point - tol))) / (1 + len(null))
-    out.update(p_value=p, null_mean=float(null.mean()), null_q95=float(np.quantile(null, 0.95)))
+    p = None
+    if len(null) == 0 or no_variation(np.append(null, point)):
+        # E.g. every case gives the same decision to all its variants: no shuffle can change the gap,
+        # so the permutation p would be a placeholder 1. Not a test (left out of the family).
+        out["note"] = "no variation under shuffling: every shuffle of the group labels within cases gives the same gap, so the permutation test cannot tell an effect from noise"
+    else:
+        p = (1 + int(np.sum(null >= point - tol))) / (1 + len(null))
+        out.update(p_value=p, null_mean=float(null.mean()), null_q95=float(np.quantile(null, 0.95)))
     if with_ci:
         idx = rng.integers(0, n, (B, n))
         boot = _group_means(values[idx], onehot) - means
         c = float(np.quantile(_ranges(boot)[np.isfinite(_ranges(boot))], CONFIDENCE))
+        if c <= tol:  # every resample of cases gives the same group differences: no zero-width interval
+            out["note"] = out["note"] or "no variation: every resample of cases gives the same gap"
+            return out
         out["ci_high"] = point + c if max_gap is None else min(point + c, float(max_gap))
-        out["ci_low"] = max(0.0, point - c) if p < alpha else 0.0
+        out["ci_low"] = max(0.0, point - c) if p is not None and p < alpha else 0.0
     return out
 
 
