@@ -226,6 +226,9 @@ def rescore_seeds(seeds_dir: Path, tasks_dir: Path | None = None) -> dict:
         raise FairbenchError(f"{seeds_dir / 'summary.json'}: field runs is empty; rerun `fairbench run --seeds N`.")
     results = [rescore(d, tasks_dir) for d in run_dirs]
     new = summarize(results, run_dirs)
+    scored = next((r["run"]["rescored"] for r in results if r["run"].get("rescored")), None)
+    if scored:  # the statistics are this commit's, the predictions the runs' (board: "RUN (scored SCORER)")
+        new["rescored"] = scored
     write_atomic(seeds_dir / "summary.json", dumps(new))
     return new
 

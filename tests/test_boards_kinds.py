@@ -288,12 +288,19 @@ def test_score_of_a_seeds_dir_rescores_every_seed_and_the_summary(runs, tmp_path
     before = json.loads((seeds / "summary.json").read_text())["metrics"]["dp_gap"]["mean"]
     _plant_gap(tmp_path / "a" / "m__seed1", tmp_path / "planted")  # the planted copy's requests, rescored
     shutil.copy(tmp_path / "planted" / "requests.jsonl", tmp_path / "a" / "m__seed1" / "requests.jsonl")
+    for seed in (0, 1):
+        man = tmp_path / "a" / f"m__seed{seed}" / "manifest.json"
+        man.write_text(json.dumps({**json.loads(man.read_text()), "git": {"commit": "0" * 40, "dirty": False}}))
     moved = tmp_path / "b"
     (tmp_path / "a").rename(moved)
     assert main(["score", str(moved / "m__seeds"), "-q"]) == 0
     summary = json.loads((moved / "m__seeds" / "summary.json").read_text())
     seed1 = _results(moved / "m__seed1")["metrics"]["dp_gap"]["value"]
     assert summary["metrics"]["dp_gap"]["values"][1] == pytest.approx(seed1) and summary["metrics"]["dp_gap"]["mean"] > before
+    # Runs made by another commit: the summary (and so the board) names the commit that scored them.
+    from benchmark.manifest import git_commit
+
+    assert summary["rescored"] == {"git": git_commit()}
     shutil.rmtree(moved / "m__seed0")
     assert main(["score", str(moved / "m__seeds"), "-q"]) == 2
     assert "m__seed0 not found" in capsys.readouterr().err

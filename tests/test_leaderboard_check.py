@@ -511,3 +511,6 @@ def test_board_keeps_the_reason_an_estimate_has_no_interval(tiny_run, tmp_path):
     assert df.loc[0, "worst_group_outcome_note"].startswith("no variation") and pd.isna(df.loc[0, "worst_group_outcome_ci_low"])
     line = next(x for x in out.with_name("flat.md").read_text().splitlines() if x.startswith("| tiny |"))
     assert "gender=man: 0.622 (no variation)" in line, line
+    groups = pd.read_csv(out.with_name("flat.groups.csv"))
+    assert groups["mean_outcome_note"].str.startswith("no variation").all()
+    assert "| 0.622 (no variation) |" in out.with_name("flat.md").read_text()  # the per-group detail too

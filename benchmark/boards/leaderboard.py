@@ -63,7 +63,7 @@ IMAGING_GROUP_VALUES = ["n_pos", "prevalence", "auc", "accuracy", "pos_rate", "t
                         "pos_rate_at_0.5", "tpr_at_0.5", "fpr_at_0.5"]
 GROUP_COLUMNS = (
     KEY + ["kind", "question", "attribute", "group", "n_cases", "n_rows", "n_invalid", "invalid_rate"]
-    + [f"{m}{s}" for m in ("mean_outcome", "decision_rate") for s in ("", "_ci_low", "_ci_high")]
+    + [f"{m}{s}" for m in ("mean_outcome", "decision_rate") for s in ("", "_ci_low", "_ci_high", "_note")]
     + IMAGING_GROUP_VALUES
     + ["small"]
 )
@@ -687,8 +687,7 @@ def render_markdown(name: str, rows: list[dict], groups: list[dict], sort_by: st
             small = " (small)" if g.get("small") else ""
             lines.append(
                 f"| {_md_escape(g['attribute'])} | {_md_escape(g['group'])}{small} | {g.get('n_cases')} | {g.get('n_rows')} | "
-                f"{g.get('n_invalid')} | {_fmt(g.get('mean_outcome'), g.get('mean_outcome_ci_low'), g.get('mean_outcome_ci_high'))} | "
-                f"{_fmt(g.get('decision_rate'), g.get('decision_rate_ci_low'), g.get('decision_rate_ci_high'))} |"
+                f"{g.get('n_invalid')} | {_est('mean_outcome', marked=False)(g)} | {_est('decision_rate', marked=False)(g)} |"
             )
         lines += ["", "</details>", ""]
     described = [r for r in rows if r.get("model_description")]
