@@ -17,31 +17,29 @@ from benchmark.cli import main
 RUN_ID = "tiny__qpain-demo__zero_shot__seed0__limit4"
 
 
+def _tiny(tmp_path_factory, tiny_llama_dir, name: str, *args: str) -> Path:
+    """One real run of the tiny model on the demo task (``args``: e.g. --limit 4); its run directory."""
+    root = tmp_path_factory.mktemp(name)
+    models = root / "models.yaml"
+    models.write_text(f"models:\n  tiny:\n    backend: hf\n    model: {tiny_llama_dir}\n    chat_template: true\n")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FAIRBENCH_CACHE", str(tmp_path_factory.getbasetemp() / "fairbench-cache"))
+        assert main(["run", "--model", "tiny", *args, "-o", str(root / "runs"), "--models-file", str(models), "-q"]) == 0
+    return next((root / "runs").iterdir())
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, tiny_llama_dir) -> Path:
-    """One real run of the tiny model on 4 demo cases (32 requests)."""
-    root = tmp_path_factory.mktemp("lbrun")
-    models = root / "models.yaml"
-    models.write_text(f"models:\n  tiny:\n    backend: hf\n    model: {tiny_llama_dir}\n    chat_template: true\n")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FAIRBENCH_CACHE", str(tmp_path_factory.getbasetemp() / "fairbench-cache"))
-        code = main(["run", "--model", "tiny", "--limit", "4", "-o", str(root / "runs"), "--models-file", str(models), "-q"])
-    assert code == 0
-    return root / "runs" / RUN_ID
+    """4 demo cases (32 requests): too few for the paired gate to detect anything (it says so)."""
+    run = _tiny(tmp_path_factory, tiny_llama_dir, "lbrun", "--limit", "4")
+    assert run.name == RUN_ID
+    return run
 
 
 @pytest.fixture(scope="module")
-def tiny_run12(tmp_path_factory, tiny_llama_dir) -> Path:
-    """All 12 demo cases: enough for the paired gate to detect a regression (4 cases cannot, see
-    test_gate_on_too_few_cases_is_inconclusive_not_a_pass)."""
-    root = tmp_path_factory.mktemp("lbrun12")
-    models = root / "models.yaml"
-    models.write_text(f"models:\n  tiny:\n    backend: hf\n    model: {tiny_llama_dir}\n    chat_template: true\n")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FAIRBENCH_CACHE", str(tmp_path_factory.getbasetemp() / "fairbench-cache"))
-        code = main(["run", "--model", "tiny", "-o", str(root / "runs"), "--models-file", str(models), "-q"])
-    assert code == 0
-    return root / "runs" / "tiny__qpain-demo__zero_shot__seed0"
+def tiny_run_all(tmp_path_factory, tiny_llama_dir) -> Path:
+    """All 12 demo cases (96 requests): enough for a paired test to detect a planted difference."""
+    return _tiny(tmp_path_factory, tiny_llama_dir, "lbrun12")
 
 
 def _copy(src: Path, dst: Path) -> Path:
@@ -167,10 +165,10 @@ def test_leaderboard_bad_input_is_a_usage_error(tmp_path, capsys):
 # ----- fairbench check -----
 
 @pytest.fixture()
-def fair_and_biased(tiny_run12, tmp_path):
-    base = _copy(tiny_run12, tmp_path / "runs" / "base")
+def fair_and_biased(tiny_run_all, tmp_path):
+    base = _copy(tiny_run_all, tmp_path / "runs" / "base")
     _set_logprobs(base, _fair)
-    cand = _copy(tiny_run12, tmp_path / "cand")
+    cand = _copy(tiny_run_all, tmp_path / "cand")
     _set_logprobs(cand, _biased)
     csv = tmp_path / "lb" / "base"
     assert main(["leaderboard", str(base), "-o", str(csv), "--no-plots"]) == 0
@@ -337,18 +335,6 @@ def test_text_utility_is_not_looked_up_by_question_id():
 
 
 # ----- fairbench leaderboard --reference: paired Δ of derived rows against the base -----
-
-@pytest.fixture(scope="module")
-def tiny_run_all(tmp_path_factory, tiny_llama_dir) -> Path:
-    """One real run of the tiny model on all 12 demo cases (96 requests): a paired test needs cases."""
-    root = tmp_path_factory.mktemp("lbrun12")
-    models = root / "models.yaml"
-    models.write_text(f"models:\n  tiny:\n    backend: hf\n    model: {tiny_llama_dir}\n    chat_template: true\n")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FAIRBENCH_CACHE", str(tmp_path_factory.getbasetemp() / "fairbench-cache"))
-        assert main(["run", "--model", "tiny", "-o", str(root / "runs"), "--models-file", str(models), "-q"]) == 0
-    return next((root / "runs").iterdir())
-
 
 def test_leaderboard_reference_deltas_flag_a_planted_difference_and_say_ns_otherwise(tiny_run_all, tiny_run, tmp_path):
     from statsmodels.stats.multitest import multipletests
