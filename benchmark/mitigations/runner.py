@@ -14,6 +14,8 @@ from ..config import ModelSpec, load_models
 from ..data.image.dataset import load_dataset
 from ..data.split import SPLIT_FILE, split_cases
 from ..data.text import load_cases
+from ..kinds.text.expand import expand
+from ..kinds.text.prompts import build_requests, check_fields, check_prompts_differ
 from ..derived import register_derived
 from ..errors import FairbenchError, unknown
 from ..hashing import sha256_file, sha256_files
@@ -48,6 +50,11 @@ def _text_split(card, data_dir, prompt_mode, eval_fraction, seed):
     if mode not in card.prompt_modes:
         raise unknown("prompt mode", mode, card.prompt_modes, where=f"task {card.name}")
     cases, report, files = load_cases(card, data_dir)
+    # The audit's card checks, on the whole file and the built prompts: a card that makes the audit
+    # meaningless makes the mitigation meaningless too, and is refused before any training.
+    check_fields(card, cases)
+    variants = expand(cases, card.counterfactual, seed, report)
+    check_prompts_differ(card, mode, variants, build_requests(card, variants, mode, seed), report)
     return cases, report, files, mode, split_cases(cases, card, eval_fraction, seed)
 
 
