@@ -18,6 +18,7 @@ from benchmark.data.image.synth import load_synth_xray
 from benchmark.backends.image.balanced import balanced_indices, strata_of
 from benchmark.backends.image.losses import concept_infonce, cross_group_supcon, fairness_loss, moment_alignment
 from benchmark.backends.image.recipe import Mask, group_label_weights, mask_predicate
+from seeds_fixtures import auc_dp_seeds as _fake_seeds
 
 
 # ----- losses on hand-computable batches -----
@@ -552,26 +553,6 @@ def test_fairtune_init_checks_the_weights(tmp_path):
 
 
 # ----- the multi-seed leaderboard -----
-
-def _fake_seeds(root, model, values):
-    from benchmark.seeds import summarize
-    from benchmark.store import dumps
-
-    dirs, results = [], []
-    for seed, (auc, dp) in enumerate(values):
-        d = root / f"{model}__seed{seed}"
-        d.mkdir(parents=True)
-        r = {"schema_version": 2, "kind": "imaging-test", "run": {"model": model, "task": "synth-xray", "seed": seed, "base_model": None}, "n_test": 100,
-             "metrics": {"accuracy": {"value": auc - 0.1}, "auc": {"value": auc}, "dp_gap": {"value": dp}, "eod": {"value": dp},
-                         "worst_group_auc": {"value": auc - 0.05}}}
-        (d / "results.json").write_text(dumps(r))
-        dirs.append(d)
-        results.append(r)
-    out = root / f"{model}__seeds"
-    out.mkdir()
-    (out / "summary.json").write_text(dumps(summarize(results, dirs)))
-    return out
-
 
 def test_seeds_leaderboard_paired_against_reference(tmp_path, cli):
     erm = _fake_seeds(tmp_path, "erm", [(0.70, 0.30), (0.72, 0.28), (0.71, 0.33), (0.69, 0.31), (0.73, 0.29)])

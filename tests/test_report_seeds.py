@@ -9,32 +9,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from seeds_fixtures import auc_dp_seeds as _fake_seeds
 
 from benchmark.boards import report, seeds
 from benchmark.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = ROOT / "leaderboards" / "mitigation-imaging.csv"
-
-
-def _fake_seeds(root, model, values):
-    from benchmark.seeds import summarize
-    from benchmark.store import dumps
-
-    dirs, results = [], []
-    for seed, (auc, dp) in enumerate(values):
-        d = root / f"{model}__seed{seed}"
-        d.mkdir(parents=True)
-        r = {"schema_version": 2, "kind": "imaging-test", "run": {"model": model, "task": "synth-xray", "seed": seed, "base_model": None},
-             "n_test": 100, "metrics": {"accuracy": {"value": auc - 0.1}, "auc": {"value": auc}, "dp_gap": {"value": dp},
-                                        "eod": {"value": dp}, "worst_group_auc": {"value": auc - 0.05}}}
-        (d / "results.json").write_text(dumps(r))
-        dirs.append(d)
-        results.append(r)
-    out = root / f"{model}__seeds"
-    out.mkdir()
-    (out / "summary.json").write_text(dumps(summarize(results, dirs)))
-    return out
 
 
 @pytest.fixture()

@@ -8,11 +8,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from seeds_fixtures import fake_seeds as _fake_seeds
 from statsmodels.stats.multitest import multipletests
 
 from benchmark.boards import seeds as board
 from benchmark.seeds import compare, mean_ci, paired_t, rm_anova, summarize
-from benchmark.store import dumps
 
 
 def test_mean_of_identical_seeds_has_no_interval():
@@ -80,22 +80,6 @@ def test_compare_family_is_the_applicable_tests():
     assert [tests[m]["p_adjusted"] for m in ("auc", "dp_gap")] == pytest.approx(list(multipletests(raw, method="holm")[1]))
     assert out["correction"]["n_tests"] == 2
     assert [t["target"] for t in compare(other, base, ["dp_gap", "eod"])["tests"]] == ["dp_gap", "eod"]
-
-
-def _fake_seeds(root, model, per_seed):
-    dirs, results = [], []
-    for seed, metrics in enumerate(per_seed):
-        d = root / f"{model}__seed{seed}"
-        d.mkdir(parents=True)
-        r = {"schema_version": 2, "kind": "imaging-test", "run": {"model": model, "task": "synth-xray", "seed": seed, "base_model": None},
-             "n_test": 100, "metrics": {k: {"value": v} for k, v in metrics.items()}}
-        (d / "results.json").write_text(dumps(r))
-        dirs.append(d)
-        results.append(r)
-    out = root / f"{model}__seeds"
-    out.mkdir()
-    (out / "summary.json").write_text(dumps(summarize(results, dirs)))
-    return out
 
 
 def test_board_leaves_untestable_metrics_out_and_shows_why(tmp_path):
