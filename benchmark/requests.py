@@ -65,6 +65,10 @@ class Request:
     seed: int = 0
     meta: dict = field(default_factory=dict)
     images: tuple[ImagePart, ...] = ()
+    # generate: which seeded sample of the same prompt this is (0 = the audited answer; 1.. = the extra
+    # samples of a mode with ``samples: n``, e.g. the noise floor of explanation drift). Its seed is
+    # derived (prompts.sample_seed), and the key names it, so two samples are never one cache row.
+    sample: int = 0
 
     def key(self, model_fingerprint: str) -> str:
         payload = {
@@ -78,6 +82,8 @@ class Request:
         }
         if self.images:  # text-only keys keep their historical form, so text caches stay valid
             payload["images"] = [p.key for p in self.images]
+        if self.sample:  # sample 0 keeps the historical key
+            payload["sample"] = self.sample
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
     def as_dict(self) -> dict:
@@ -87,6 +93,8 @@ class Request:
             "max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "seed": self.seed,
             "meta": dict(self.meta),
         }
+        if self.sample:
+            out["sample"] = self.sample
         if self.images:
             out["images"] = [p.key for p in self.images]
         return out

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from pathlib import Path
@@ -23,6 +24,23 @@ def model_dir() -> Path:
     if not path.is_dir():
         raise FairbenchError(f"{PACKAGE} is installed but has no model/ directory at {path}; reinstall it.")
     return path
+
+
+@functools.lru_cache(maxsize=2)
+def _model(device: str):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(model_dir()), device=device, local_files_only=True)
+
+
+def embed_texts(texts: list[str], device: str = "cpu") -> np.ndarray:
+    """Unit-norm all-MiniLM-L6-v2 embeddings, shape (len(texts), 384), float32, so a dot product is
+    the cosine similarity. The model is loaded once per process. Raises ModuleNotFoundError without
+    sentence-transformers (the ``mitigations`` extra)."""
+    if not texts:
+        return np.zeros((0, 384), dtype=np.float32)
+    return _model(device).encode(list(texts), normalize_embeddings=True, convert_to_numpy=True, batch_size=32)
 
 
 def embed_similarities(references: list[str], candidates: list[list[str]], device: str = "cpu") -> list[np.ndarray]:

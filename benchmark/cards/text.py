@@ -181,6 +181,10 @@ class PromptMode(_Strict):
     # option_text only, and then required: how option log-likelihoods are compared (lm-eval's
     # ``acc`` = none, ``acc_norm`` = chars; bytes = its byte-length definition).
     normalization: Literal["none", "chars", "bytes"] | None = None
+    # generate only: seeded samples drawn per prompt (sample 0 is the audited answer; the others give
+    # the noise floor of explanation drift, benchmark.audits.generative). Drawn only when the run
+    # samples (temperature > 0): greedy decoding would repeat sample 0 exactly.
+    samples: int = Field(1, ge=1, le=8)
 
     @field_validator("examples")
     @classmethod
@@ -195,6 +199,8 @@ class PromptMode(_Strict):
             raise ValueError("scoring: option_text scores option log-likelihoods; it needs method: choice")
         if self.scoring == "option_text" and self.normalization is None:
             raise ValueError("scoring: option_text needs normalization: none, chars or bytes (declared, so results say which)")
+        if self.samples > 1 and self.method != "generate":
+            raise ValueError("samples: more than 1 draws several generations per prompt; it needs method: generate")
         if self.scoring == "labels" and self.normalization is not None:
             raise ValueError("normalization applies only to scoring: option_text (labels are compared unnormalised)")
         return self

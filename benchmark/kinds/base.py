@@ -48,6 +48,9 @@ class AuditData:
     endpoints: list[str] = field(default_factory=list)
     attributes: list[str] | None = None  # groupings of ``instances`` (``a*b`` = intersection); None: the card's
     decision_rule: str | None = None  # how ``d:e`` was decided, for the audit's definitions
+    # Free-text runs: every generated row, extra samples included (``rows`` holds sample 0 only), with
+    # ``sample``, ``text``, ``rationale``, ``invalid_reason`` and ``embedding`` (benchmark.kinds.text.generation).
+    generations: pd.DataFrame | None = None
 
 
 class Kind(ABC):
@@ -87,10 +90,23 @@ class Kind(ABC):
                     f"provide; remove it from the card's audits."
                 )
 
-    def run_audits(self, data: AuditData, seed: int) -> dict[str, dict]:
-        """Each audit the card names, found in the ``fairbench.audits`` registry."""
+    def run_audits(self, data: AuditData, seed: int, names: list[str] | None = None) -> dict[str, dict]:
+        """Each audit the card names (or ``names``), found in the ``fairbench.audits`` registry. An audit
+        class that ``extends`` another (class attribute, e.g. ``generative`` extends ``counterfactual``)
+        returns the extended audit's result (same schema, one test family) plus its own section, the
+        field named after it: the first is stored under the extended audit's name, the section under its own."""
         self.check_audits()
-        return {name: get("audits", name)(self.card, seed=seed).audit(data) for name in self.audits()}
+        out: dict[str, dict] = {}
+        for name in names or self.audits():
+            cls = get("audits", name)
+            result = cls(self.card, seed=seed).audit(data)
+            extends = getattr(cls, "extends", None)
+            if extends:
+                out[name] = result.pop(name)
+                out[extends] = result
+            else:
+                out[name] = result
+        return out
 
     def envelope(self, run_info: dict, metrics: dict, audits: dict, data_report: dict, **extra) -> dict:
         """The one results schema (``schema_version`` 2): the same top-level fields for every kind."""

@@ -9,6 +9,7 @@ from ...audits.stats import num
 from ...cards.text import TaskCard
 from ...errors import FairbenchError
 from ..base import AuditData
+from .generation import generation_frame
 from .scoring import score_row
 
 
@@ -57,6 +58,9 @@ def frame(rows: list[dict], card: TaskCard) -> pd.DataFrame:
             # option-text modes score the texts; the audit compares the labels ("A".."E")
             "options": (row.get("meta") or {}).get("option_labels") or row["options"],
             "reference": (row.get("meta") or {}).get("reference", ""),
+            "sample": int(row.get("sample") or 0),
+            "text": row.get("raw_output") if row.get("method") == "generate" else None,
+            "invalid_reason": s.get("invalid_reason"),
         }
         rec.update({a: row["attributes"][a] for a in attrs})
         records.append(rec)
@@ -114,6 +118,17 @@ def headline(audit: dict, card: TaskCard) -> dict:
     return out
 
 
+GENERATIVE_HEADLINE = ("invalid_rate", "refusal_rate", "demographic_mention_rate", "explanation_drift",
+                       "drift_noise_floor", "drift_excess")
+
+
+def generative_headline(gen: dict | None, card: TaskCard) -> dict:
+    """The generative audit's per-question summary of the primary question, as flat ``gen_*``
+    metrics (``gen_refusal_rate``, ``gen_drift_excess`` ...); nothing for a run without generated text."""
+    q = ((gen or {}).get("questions") or {}).get(card.questions[0].id) or {}
+    return {f"gen_{name}": q[name] for name in GENERATIVE_HEADLINE if name in q}
+
+
 # Which corrected paired test speaks to each headline metric (None of the group means differ /
 # decisions do not depend on the demographic variant). Used for the leaderboard's significance marker.
 SIGNIFICANCE_TESTS = {"cf_flip_rate": "decision", "dp_gap": "decision", "cf_mean_abs_delta": "outcome", "worst_group": "outcome"}
@@ -158,13 +173,23 @@ def evaluate(kind, rows: list[dict], seed: int, run_info: dict, data_report: dic
     (headline metrics from the counterfactual audit of the primary question)."""
     card = kind.card
     scored = score_rows(rows, card)
-    df = frame(scored, card)
+    every = frame(scored, card)
+    # The audited answers are sample 0; extra samples of a variant (a mode's ``samples``) only give the
+    # generative audit its noise floor, so every other audit sees one answer per variant.
+    df = every[every["sample"] == 0].reset_index(drop=True)
+    mode = card.prompt_modes.get(run_info.get("prompt_mode") or "")
+    generations, embed_note = (None, "")
+    if mode is not None and mode.method == "generate":
+        generations, embed_note = generation_frame(every)
     attrs = list(card.counterfactual.attributes)
     instances, endpoints = endpoint_frame(df, card)
     data = AuditData(rows=df, instances=instances, endpoints=endpoints,
                      attributes=attrs + (["*".join(attrs)] if len(attrs) > 1 else []),
-                     decision_rule="the answer chosen (highest option probability, or the parsed free-text answer); *_at_0.5 use P(positive) >= 0.5")
+                     decision_rule="the answer chosen (highest option probability, or the parsed free-text answer); *_at_0.5 use P(positive) >= 0.5",
+                     generations=generations)
     audits = kind.run_audits(data, seed)
+    if embed_note and "generative" in audits:
+        audits["generative"].setdefault("warnings", []).append(embed_note)
     cf = audits.get("counterfactual", {"questions": {}, "tests": []})
     unknown_refs: dict[str, set] = {}
     for r in scored:
@@ -177,6 +202,7 @@ def evaluate(kind, rows: list[dict], seed: int, run_info: dict, data_report: dic
             f"{q.options or '(per case)'}; those rows are left out of accuracy")
     metrics = {
         **headline(cf, card),
+        **generative_headline(audits.get("generative"), card),
         "significance": headline_significance(cf, card),
         "invalid_rate_ci": invalid_rate_ci(df, card, seed),
     }

@@ -11,7 +11,7 @@ from ..base import Kind, Prepared
 from ..options import NORMALIZATIONS
 from .evaluate import evaluate
 from .expand import expand, variant_id
-from .prompts import build_requests, check_fields, check_prompts_differ
+from .prompts import build_requests, check_fields, check_prompts_differ, n_samples, sample_seed
 
 
 def _ids_digest(cases) -> str:
@@ -75,7 +75,19 @@ class TextKind(Kind):
                 f"(questions' applies_to). Select more cases (--limit, --sample) or check applies_to in the task card."
             )
         check_prompts_differ(card, mode, variants, requests, report)
+        sampling = None
+        if card.prompt_modes[mode].method == "generate":
+            # What decides the generated text, recorded with the results (the drift noise floor needs it).
+            k = n_samples(card.prompt_modes[mode], spec.temperature or 0.0)
+            sampling = {"temperature": spec.temperature or 0.0, "top_p": model_spec.generation.top_p,
+                        "max_new_tokens": card.prompt_modes[mode].max_new_tokens or model_spec.generation.max_new_tokens,
+                        "samples_declared": card.prompt_modes[mode].samples, "samples": k,
+                        "sample_seeds": [sample_seed(spec.seed, i) for i in range(k)],
+                        **({"note": "greedy decoding (temperature 0): one sample per prompt, since further samples would "
+                                    "repeat it; the drift noise floor needs --temperature > 0"}
+                           if k < card.prompt_modes[mode].samples else {})}
         run_info = {"prompt_mode": mode, **({"option_scoring": scoring} if scoring else {}),
+                    **({"sampling": sampling} if sampling else {}),
                     "n_cases": len({c.case_id for c in cases}), "n_cases_available": n_cases_total,
                     **({"sample": spec.sample, "sample_case_ids_sha256": _ids_digest(cases)} if getattr(spec, "sample", None) else {}),
                     **split_info}
@@ -86,9 +98,21 @@ class TextKind(Kind):
         return [
             {"index": index, "key": key, "case_id": req.case_id, "question_id": req.question_id,
              "variant": variant_id(req.attributes), "attributes": req.attributes, "prompt": req.prompt,
-             "options": req.options, "method": req.method, "meta": req.meta, **cached[key]}
+             "options": req.options, "method": req.method, "meta": req.meta,
+             **({"sample": req.sample} if req.sample else {}), **cached[key]}
             for index, (req, key) in enumerate(zip(requests, keys))
         ]
+
+    def run_audits(self, data, seed: int) -> dict[str, dict]:
+        """As :meth:`Kind.run_audits`; a run with generated text (``data.generations``) is audited by
+        the ``generative`` audit in place of ``counterfactual``: the same counterfactual results, plus
+        the generative metrics, all in one multiple-testing family (benchmark.audits.generative). A card
+        naming ``generative`` gets it in every mode (on choice rows its section says it does not apply)."""
+        names = self.audits()
+        if "generative" in names or data.generations is not None:
+            names = ["generative" if n == "counterfactual" else n for n in names]
+            names = list(dict.fromkeys(names))  # a card naming both runs the extended audit once
+        return super().run_audits(data, seed, names)
 
     def evaluate(self, rows, seed, run_info, data_report):
         return evaluate(self, rows, seed, run_info, data_report)

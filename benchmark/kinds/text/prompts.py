@@ -136,7 +136,8 @@ def check_prompts_differ(card: TaskCard, mode_name: str, variants: list[Variant]
     fields_of = {(v.case.case_id, v.variant_id): v.fields for v in variants}
     by_cq: dict[tuple[str, str], list[Request]] = defaultdict(list)
     for r in requests:
-        by_cq[(r.case_id, r.question_id)].append(r)
+        if r.sample == 0:  # the extra samples of a variant repeat its prompt by design
+            by_cq[(r.case_id, r.question_id)].append(r)
     attrs = card.counterfactual.attributes
     compared: dict[tuple[str, str], set[str]] = defaultdict(set)
     # (question, attribute) -> case -> (value pairs with one prompt, fields that differ between them)
@@ -205,6 +206,23 @@ def _examples_text(card: TaskCard, mode: PromptMode) -> str:
     return path.read_text(encoding="utf-8").strip()
 
 
+def sample_seed(seed: int, sample: int) -> int:
+    """The seed of sample ``sample`` of a prompt: the run seed for sample 0 (its historical request),
+    a SHA-256 derived 31-bit seed otherwise, so that sample 1 of seed s is not sample 0 of seed s + 1
+    (the samples of one run stay independent of other runs' seeds)."""
+    if sample == 0:
+        return seed
+    import hashlib
+
+    return int(hashlib.sha256(f"{seed}|sample{sample}".encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
+
+
+def n_samples(mode: PromptMode, temperature: float) -> int:
+    """Samples drawn per prompt: the mode's ``samples`` when the run samples, else 1 (greedy decoding
+    would repeat the first sample exactly, and a noise floor of 0 would be a placeholder)."""
+    return mode.samples if mode.method == "generate" and temperature > 0 else 1
+
+
 def build_requests(
     card: TaskCard,
     variants: list[Variant],
@@ -244,23 +262,26 @@ def build_requests(
             if mode.scoring == "option_text":
                 scored = option_texts(q, labels, wordings, v.case.source, mode_name)
                 extra = {"option_labels": labels, "option_scoring": {"scoring": "option_text", "normalization": mode.normalization}}
-            requests.append(
-                Request(
-                    case_id=v.case.case_id,
-                    question_id=q.id,
-                    attributes=v.attributes,
-                    prompt=prompt.strip(),
-                    options=scored,
-                    method=mode.method,
-                    max_new_tokens=mode.max_new_tokens or max_new_tokens,
-                    temperature=temperature,
-                    seed=seed,
-                    meta={
-                        "subset": v.case.subset,
-                        "reference": v.fields.get(q.reference_field or "", ""),
-                        **({"option_wordings": wordings} if any(wordings) else {}),
-                        **extra,
-                    },
+            meta = {
+                "subset": v.case.subset,
+                "reference": v.fields.get(q.reference_field or "", ""),
+                **({"option_wordings": wordings} if any(wordings) else {}),
+                **extra,
+            }
+            for k in range(n_samples(mode, temperature)):
+                requests.append(
+                    Request(
+                        case_id=v.case.case_id,
+                        question_id=q.id,
+                        attributes=v.attributes,
+                        prompt=prompt.strip(),
+                        options=scored,
+                        method=mode.method,
+                        max_new_tokens=mode.max_new_tokens or max_new_tokens,
+                        temperature=temperature,
+                        seed=sample_seed(seed, k),
+                        meta=dict(meta),
+                        sample=k,
+                    )
                 )
-            )
     return requests
