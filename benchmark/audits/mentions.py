@@ -60,7 +60,8 @@ def terms(attr: str, values: Iterable[str]) -> list[str]:
 
 def _pattern(words: list[str]) -> re.Pattern:
     alternatives = "|".join(re.escape(w).replace(r"\ ", r"\s+") for w in words)
-    return re.compile(r"(?<![\w-])(?:" + alternatives + r")(?![\w-])", re.IGNORECASE)
+    # Not inside a word, a hyphenated word or a mask token ("[RACE]" is no mention of race).
+    return re.compile(r"(?<![\w\-\[])(?:" + alternatives + r")(?![\w\-\]])", re.IGNORECASE)
 
 
 def _spans(text: str, attr: str, values: Iterable[str]) -> list[tuple[int, int]]:
@@ -68,7 +69,7 @@ def _spans(text: str, attr: str, values: Iterable[str]) -> list[tuple[int, int]]
     for m in _pattern(terms(attr, values)).finditer(text):
         word = m.group(0).lower()
         if word in _COLOUR_WORDS:
-            nxt = re.match(r"[\s-]+([A-Za-z]+)", text[m.end():])
+            nxt = re.match(r"[\s,-]+([A-Za-z]+)", text[m.end():])
             if nxt and nxt.group(1).lower() in COLOUR_EXCEPTIONS:
                 continue
         out.append(m.span())
