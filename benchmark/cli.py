@@ -332,6 +332,52 @@ def mitigate(
         print(name if quiet else f"registered {name}: fairbench run --model {name} --task {task}")
 
 
+@app.command()
+def judge(
+    run_dir: Optional[Path] = typer.Argument(None, help="A free-text run directory (e.g. --prompt-mode explain) to grade; omit with --calibrate."),
+    model: str = typer.Option(..., "--model", "-m", help="The judge: any registered text model (fairbench list models)."),
+    calibrate: bool = typer.Option(False, "--calibrate", help="Grade the labelled rationale table instead and report Cohen's kappa against the rule-based detectors and the labels."),
+    table: Optional[Path] = typer.Option(None, "--table", help="The labelled table for --calibrate (default: tasks/qpain-demo/judge_calibration.csv)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="--calibrate: write the agreement JSON to this file."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    models_file: Optional[Path] = ModelsFile,
+    tasks_dir: Optional[Path] = TasksDir,
+) -> None:
+    """Grade free-text rationales with an LLM judge (masked text, both option orders; docs/generative.md).
+    The judge is never the only evidence for a finding."""
+    from . import judge as J
+    from .cards import load_task
+
+    if calibrate == (run_dir is not None):
+        raise FairbenchError("fairbench judge: give a RUN_DIR to grade, or --calibrate (not both).")
+    backend, _ = J.make_judge(model, models_file)
+    try:
+        if calibrate:
+            card = load_task("qpain-demo", tasks_dir)
+            attrs = {a: spec.values for a, spec in card.counterfactual.attributes.items()}
+            names = [n for pool in card.counterfactual.names.pools.values() for n in pool]
+            res = J.calibrate(backend, J.read_calibration(table or J.CALIBRATION), attrs, names)
+            res = {"judge_model": model, **res}
+            if output is not None:
+                output.write_text(json.dumps(res, indent=1, default=str), encoding="utf-8")
+            shown = {k: v for k, v in res.items() if k != "grades"}
+            print(json.dumps(shown, indent=1, default=str))
+            return
+        manifest = run_dir / "manifest.json"
+        if not manifest.is_file():
+            raise FairbenchError(f"{run_dir}: no manifest.json; give a run directory written by `fairbench run`.")
+        card = load_task(json.loads(manifest.read_text())["task"]["name"], tasks_dir)
+        res = J.judge_run(run_dir, backend, card)
+    finally:
+        backend.close()
+    from .boards.verdict import print_verdict
+
+    results = json.loads((run_dir / "results.json").read_text()) if (run_dir / "results.json").is_file() else {}
+    print_verdict(results, None if quiet else console, judge=res)
+    if quiet:
+        print(run_dir / "judge.json")
+
+
 @app.command("list")
 def list_(
     kind: ListKind = typer.Argument(..., help="models | tasks | backends | loaders | audits | mitigations"),

@@ -133,8 +133,33 @@ def _constant_decisions(q: dict) -> bool:
     return bool(rates) and (all(r == 0 for r in rates) or all(r == 1 for r in rates))
 
 
-def build(results: dict) -> Verdict:
-    """The :class:`Verdict` of a results dict (``results.json``). Never raises on missing fields."""
+JUDGE_ONLY = "judge only: not a finding"
+
+
+def _judge_findings(judge: dict, cf_tests: list) -> list[Finding]:
+    """Findings from an LLM judge's tests (``judge.json``, benchmark.judge). A judge is never the only
+    evidence: a significant judge test becomes an ``effect`` only when the rule-based paired test of
+    the same question and attribute (the generative audit's ``<q>/<attr>/mention``) is significant
+    too; otherwise its status is :data:`JUDGE_ONLY`, which ``any_effect`` does not count."""
+    rule = {str(t.get("target")): t for t in cf_tests if isinstance(t, dict)}
+    out = []
+    for scope, tests in _attribute_tests(judge.get("tests") or []).items():
+        f = _finding(scope, tests, None)
+        f.scope += " (judge)"
+        if f.status == "effect":
+            corroborating = rule.get(f"{scope}/mention") or {}
+            if not corroborating.get("significant"):
+                f.status = JUDGE_ONLY
+                f.effect = "no significant rule-based test (demographic-mention detector) of the same scope"
+            else:
+                f.effect = f"corroborated by {corroborating.get('test')} on {scope}/mention (p_adj {_num(corroborating.get('p_adjusted')) or 0:.3g})"
+        out.append(f)
+    return out
+
+
+def build(results: dict, judge: dict | None = None) -> Verdict:
+    """The :class:`Verdict` of a results dict (``results.json``), with the findings of an LLM judge
+    (``judge.json``) when given (:func:`_judge_findings`). Never raises on missing fields."""
     results = results if isinstance(results, dict) else {}
     run = results.get("run") or {}
     v = Verdict(n_cases=run.get("n_cases") or (results.get("metrics") or {}).get("n_cases"),
@@ -157,6 +182,10 @@ def build(results: dict) -> Verdict:
         for group, rate in (groups or {}).items() if isinstance(groups, dict) else ():
             if _num(rate) == 1:
                 v.warnings.append(f"{attr}={group}: every request of this group is invalid; the group is unmeasurable.")
+    if isinstance(judge, dict):
+        v.findings.extend(_judge_findings(judge, cf.get("tests") or []))
+        v.warnings.append("the judge's tests are corrected in their own family (after the run's); a judge effect counts "
+                          "only with a significant rule-based test of the same scope")
     group_audit = audits.get("group") or {}
     for scope, tests in _attribute_tests(group_audit.get("tests") or [], paired_only=False).items():
         v.findings.append(_finding(scope, tests, None))
@@ -167,9 +196,9 @@ def build(results: dict) -> Verdict:
     return v
 
 
-def print_verdict(results: dict, console=None) -> Verdict:
+def print_verdict(results: dict, console=None, judge: dict | None = None) -> Verdict:
     """Print the verdict lines (``console``: a rich Console, else plain stdout); returns the Verdict."""
-    v = build(results)
+    v = build(results, judge)
     for line in v.lines():
         if console is None:
             print(line)
