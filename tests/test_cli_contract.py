@@ -42,6 +42,10 @@ USAGE_ERRORS = [
     ["data", "dl"],
     ["data", "download"],
     ["data", "download", "qpain", "--frce"],
+    ["cache"],
+    ["cache", "clr"],
+    ["cache", "clear", "--modl", "tiny"],
+    ["cache", "info", "extra"],
     ["--bogus"],
 ]
 

@@ -174,5 +174,7 @@ def print_verdict(results: dict, console=None) -> Verdict:
         if console is None:
             print(line)
         else:
-            console.print(line, markup=False, highlight=False, soft_wrap=True)
+            from .terminal import print_line
+
+            print_line(console, line)
     return v
