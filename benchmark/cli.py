@@ -39,6 +39,32 @@ TasksDir = typer.Option(None, "--tasks-dir", envvar="FAIRBENCH_TASKS_DIR", help=
 DataDir = typer.Option(None, "--data-dir", envvar="FAIRBENCH_DATA", help="Directory with a task's official data files.")
 
 
+# The first screen (``fairbench`` alone, and the top of ``fairbench run --help``): the three commands a
+# newcomer needs and a worked example, in at most 24 lines of 80 columns (tests/test_first_screen.py).
+START = """\
+Start here: three commands, each prints where its files went.
+  fairbench run                    audit the embedded SmolLM2-135M on the
+                                   12-case Q-Pain demo (96 requests)
+  fairbench report runs/smollm2-135m__qpain-demo__zero_shot__seed0
+                                   one HTML page: verdict, plots, cases
+  fairbench leaderboard runs/* -o leaderboards/mine
+                                   compare runs: Markdown, CSV, plots
+Worked example, two models x two tasks on 3 cases each:
+  fairbench run --limit 3 -m smollm2-135m,gemma3-270m
+                -t qpain-demo,diversitymedqa
+"verdict: EFFECT FOUND": a paired test found a difference between
+groups after correction; "no effect found" is not proof of fairness."""
+
+FIRST_SCREEN = f"""\
+fairbench: fairness audits for medical AI models.
+
+{START}
+
+Help: fairbench CMD --help, fairbench list models|tasks, fairbench cache info
+Commands: run score leaderboard check report merge mitigate list data cache
+Docs: README.md and docs/ (mkdocs serve). Exit: 0 ok, 1 check failed, 2 usage"""
+
+
 def _version(value: bool) -> None:
     if value:
         print(f"fairbench {__version__} (fairbench-med; results schema {__import__('benchmark').SCHEMA_VERSION})")
@@ -85,7 +111,11 @@ def _quiet_third_party() -> None:
         hub_utils.disable_progress_bars()
 
 
-@app.command()
+RUN_HELP = ("Audit MODEL on TASK into a run directory (manifest, requests, results).\n\n\b\n"
+            + START)
+
+
+@app.command(help=RUN_HELP)
 def run(
     model: str = typer.Option("smollm2-135m", "--model", "-m", metavar="NAME[,NAME...]",
                               help="models.yaml name(s); a comma-separated list runs a grid. With --model-args: a backend (hf, llamacpp, openai, vllm)."),
@@ -108,7 +138,6 @@ def run(
     tasks_dir: Optional[Path] = TasksDir,
     data_dir: Optional[Path] = DataDir,
 ) -> None:
-    """Audit MODEL on TASK; write manifest.json, requests.jsonl and results.json to a run directory."""
     from .api import Results, evaluate_grid, split_list
     from .boards.terminal import print_results
     from .boards.verdict import print_verdict
@@ -523,6 +552,9 @@ def main(argv: list[str] | None = None) -> int:
     tracebacks only with --debug."""
     args, debug = _split_debug(list(sys.argv[1:] if argv is None else argv))
     debug = debug or bool(os.environ.get("FAIRBENCH_DEBUG"))
+    if not [a for a in args if a != "--debug"]:  # `fairbench` alone: the first screen, not "Missing command"
+        print(FIRST_SCREEN)
+        return 0
     _debug["on"] = debug
     parse, exits, aborts = _exception_kinds()
     try:

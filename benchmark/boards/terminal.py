@@ -96,8 +96,10 @@ def show_table(console: Console, title: str | None, columns, rows, *, legend: di
     small = norm(*compact) if compact is not None else full
     layouts = [(*full, False, False, False)] + [(*small, True, split, drop) for drop in (False, True) for split in (False, True)]
     for cols, rs, narrow, split, drop in layouts:
-        table, used = _build(title, cols, rs, narrow, split, drop)
+        heading, table, used = _build(title, cols, rs, narrow, split, drop)
         if _natural_width(console, table) <= console.width:
+            if heading:  # above the table, not its title: a title wraps at the table's width, not the terminal's
+                print_line(console, Text.from_markup(heading).plain)
             console.print(table)
             items = {**used, **(legend or {})}
             if items:
@@ -106,15 +108,15 @@ def show_table(console: Console, title: str | None, columns, rows, *, legend: di
     _records(console, title, *small, records_key)
 
 
-def _build(title, cols: list[Col], rows: list[tuple], narrow: bool, split: bool, drop: bool) -> tuple[Table, dict]:
+def _build(title, cols: list[Col], rows: list[tuple], narrow: bool, split: bool, drop: bool) -> tuple[str | None, Table, dict]:
     """The table; ``narrow``: short headers, no outer edge; ``split``: Split cells on several lines;
     ``drop``: columns with one value in every row (of three or more) moved into the title. Returns
-    the table and the short headers used (for the legend)."""
+    the heading (markup), the table and the short headers used (for the legend)."""
     constant = [i for i, c in enumerate(cols) if drop and not c.keep and len(rows) > 2 and len({str(r[i]) for r in rows}) == 1]
     keep = [i for i in range(len(cols)) if i not in constant]
     note = ", ".join(f"{cols[i].name} {_cell(rows[0][i], False).plain}" for i in constant)
     heading = (title + (f" (every row: {escape(note)})" if note else "")) if title else None
-    t = Table(title=heading, title_justify="left", show_edge=not narrow)
+    t = Table(show_edge=not narrow)
     used = {}
     for i in keep:
         c = cols[i]
@@ -124,13 +126,13 @@ def _build(title, cols: list[Col], rows: list[tuple], narrow: bool, split: bool,
         t.add_column(header, justify=c.justify, no_wrap=True)
     for r in rows:
         t.add_row(*(_cell(r[i], split) for i in keep))
-    return t, used
+    return heading, t, used
 
 
 def _records(console: Console, title: str | None, cols: list[Col], rows, key: int) -> None:
     """One record per row: its key cells on one line, then ``name value`` fields packed into lines."""
     if title:
-        console.print(Text.from_markup(f"[italic]{title}[/italic]"))
+        print_line(console, Text.from_markup(title).plain)
     width = max(20, console.width - 4)
     for r in rows:
         console.print(Text.from_markup("[bold]" + " · ".join(_cell(c, False).markup for c in r[:key]) + "[/bold]"))
