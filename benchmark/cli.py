@@ -195,7 +195,7 @@ def _grid_table(cells) -> None:
         rows.append((label(str(run.get("model"))), label(str(run.get("task"))), str(run.get("prompt_mode")), str(run.get("n_cases")), status,
                      est(m, "cf_flip_rate"), est(m, "cf_mean_abs_delta"), est(m, "dp_gap")))
     cols = [Col("model", keep=True), Col("task", keep=True), Col("mode"), Col("cases", "right", "n"), Col("verdict", keep=True),
-            Col("cf_flip_rate", "right", "flip"), Col("cf_mean_abs_delta", "right", "|Δ|"), Col("dp_gap", "right", "dp")]
+            Col("cf_flip_rate", "right", "flip", keep=True), Col("cf_mean_abs_delta", "right", "|Δ|", keep=True), Col("dp_gap", "right", "dp", keep=True)]
     show_table(console, "grid summary (lower is fairer; verdict from the paired tests after correction)", cols, rows, records_key=2)
     _cache_line([c.manifest for c in cells])
 
