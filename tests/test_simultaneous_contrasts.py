@@ -21,6 +21,7 @@ from scipy import stats as sps
 from benchmark.audits import stats
 from benchmark.audits.counterfactual import CounterfactualAudit
 from benchmark.cards import load_task
+from test_planted_bias import planted_backend  # noqa: F401 (fixture)
 from test_statistics_edges import frame
 
 ALPHA = 0.05
@@ -192,3 +193,99 @@ def test_power_for_a_five_point_shift_over_55_cases():
         found += bool(families[0][1][1].significant)  # race contrasts: Asian, Black, Hispanic vs White
     print(f"power at a 0.05 shift, 55 cases: {found / reps:.2f}")
     assert found / reps >= 0.8
+
+
+# ----- item 5: recomputed without fairbench (numpy, hashlib, scipy, statsmodels only) -----
+
+def _recompute_family(diffs: np.ndarray, seed_parts: list[str], n_draws: int, level: float):
+    """The documented procedure (results.json ``contrast_families[].rng``), written from scratch."""
+    import hashlib
+    import math
+
+    n, _ = diffs.shape
+    if 2 ** n <= n_draws:
+        bits = (np.arange(2 ** n)[:, None] >> np.arange(n)[None, :]) & 1
+        signs, a = 1.0 - 2.0 * bits, 0
+    else:
+        rng = np.random.default_rng(int.from_bytes(hashlib.sha256("|".join(seed_parts).encode()).digest()[:8], "little"))
+        signs, a = rng.choice([-1.0, 1.0], size=(n_draws, n)), 1
+    est = diffs.mean(axis=0)
+    se = diffs.std(axis=0, ddof=1) / math.sqrt(n)
+    t = est / se
+    flipped = signs[:, :, None] * diffs[None]
+    tstar = np.abs(flipped.mean(axis=1) / (flipped.std(axis=1, ddof=1) / math.sqrt(n)))
+    null = tstar.max(axis=1)
+    p_unadj = (a + (tstar >= np.abs(t) - 1e-9).sum(axis=0)) / (a + len(null))
+    p_maxt = (a + (null[:, None] >= np.abs(t) - 1e-9).sum(axis=0)) / (a + len(null))
+    m = math.floor(level * (a + len(null)) * (1 + 1e-12)) - a
+    c = np.sort(null)[::-1][m]
+    return est, se, p_unadj, p_maxt, est - c * se, est + c * se
+
+
+def _check_against_results(diffs_by_attr: dict, res_q: dict, families: list, seed: int, qid: str):
+    fams = {f["family"]: f for f in families}
+    for attr, (values, diffs) in diffs_by_attr.items():
+        fam = fams[f"{qid}/{attr}/contrasts"]
+        est, se, p_unadj, p_maxt, lo, hi = _recompute_family(diffs, [str(seed), qid, attr, "contrasts"], fam["n_draws"], fam["level"])
+        for k, v in enumerate(values):
+            got = res_q["attributes"][attr]["delta_vs_reference"][v]
+            assert got["value"] == pytest.approx(est[k], rel=1e-9)
+            assert got["se"] == pytest.approx(se[k], rel=1e-9)
+            assert got["p_unadjusted"] == pytest.approx(p_unadj[k], abs=1e-12)
+            assert got["p_maxt"] == pytest.approx(p_maxt[k], abs=1e-12)
+            # The critical value is an order statistic of the same draws: equal up to float noise.
+            assert got["ci_low"] == pytest.approx(lo[k], rel=1e-6, abs=1e-9)
+            assert got["ci_high"] == pytest.approx(hi[k], rel=1e-6, abs=1e-9)
+
+
+def _holm_level(tests: list[dict], alpha: float) -> float:
+    """The grouped Holm level from the listed p-values (contrasts bring p_maxt, one entry per family)."""
+    real = [t for t in tests if t["p_value"] is not None]
+    p = np.array([t.get("p_maxt", t["p_value"]) for t in real])
+    key = [t.get("family") or (t["target"], t["test"]) for t in real]
+    order = np.argsort(p, kind="stable")
+    r = np.array([len({key[j] for j in order[i:]}) for i in range(len(p))])
+    ok = np.cumprod(r * p[order] <= alpha * (1 + 1e-12)).astype(bool)
+    return alpha if ok.all() else alpha / r[np.argmin(ok)]
+
+
+def test_contrasts_recomputed_from_requests_jsonl_without_fairbench(tmp_path, planted_backend):
+    """A planted run (12 cases: every sign vector); from requests.jsonl alone: the case differences,
+    the sign-flip p-values, the Holm level (from the listed p-values) and the simultaneous intervals."""
+    import json
+
+    import pandas as pd
+    from benchmark.cli import main
+
+    out = tmp_path / "runs"
+    tasks = planted_backend.parent / "tasks"
+    assert main(["run", "--model", "planted", "--task", "planted-demo", "--models-file", str(planted_backend),
+                 "--tasks-dir", str(tasks), "-o", str(out), "-q"]) == 0
+    run_dir = out / "planted__planted-demo__zero_shot__seed0"
+    results = json.loads((run_dir / "results.json").read_text())
+    cf = results["audits"]["counterfactual"]
+    rows = [json.loads(x) for x in (run_dir / "requests.jsonl").read_text().splitlines()]
+    df = pd.DataFrame([{**r["attributes"], "case_id": r["case_id"], "p": r["scored"]["outcome"]} for r in rows if r["scored"]["valid"]])
+    diffs = {}
+    for attr, other, values, ref in (("race", "gender", ["Asian", "Black", "Hispanic"], "White"), ("gender", "race", ["woman"], "man")):
+        wide = df.pivot_table(index=["case_id", other], columns=attr, values="p")
+        d = wide[values].sub(wide[ref], axis=0).groupby(level="case_id").mean().sort_index()
+        diffs[attr] = (values, d.to_numpy(float))
+    assert cf["correction"]["level"] == pytest.approx(_holm_level(cf["tests"], cf["correction"]["alpha"]))
+    _check_against_results(diffs, cf["questions"]["treat"], cf["contrast_families"], 0, "treat")
+    black = cf["questions"]["treat"]["attributes"]["race"]["delta_vs_reference"]["Black"]
+    assert black["significant"] and black["ci_high"] < 0  # the planted -0.15 is found, and its interval says so
+
+
+def test_contrasts_recomputed_with_the_documented_rng(card):
+    """30 cases: random sign vectors from the documented seed and draw order."""
+    df = frame(np.random.default_rng(5), n_cases=30, shift=-0.04)
+    res = CounterfactualAudit(card, seed=7, with_ci=False).run(df)
+    fam = res["contrast_families"][0]
+    assert not fam["exhaustive"] and fam["n_draws"] == 10_000
+    diffs = {}
+    for attr, other, values, ref in (("race", "gender", ["Asian", "Black", "Hispanic"], "White"), ("gender", "race", ["woman"], "man")):
+        wide = df.pivot_table(index=["case_id", other], columns=attr, values="outcome")
+        diffs[attr] = (values, wide[values].sub(wide[ref], axis=0).groupby(level="case_id").mean().sort_index().to_numpy(float))
+    assert res["correction"]["level"] == pytest.approx(_holm_level(res["tests"], 0.05))
+    _check_against_results(diffs, res["questions"]["treat"], res["contrast_families"], 7, "treat")

@@ -37,9 +37,12 @@ INTERSECTION = "intersection"
 CONTRAST_CI_METHOD = ("simultaneous: est +- c se over the attribute's contrasts, c = the sign-flip max-|t| critical value "
                       "at the run's correction level (Westfall & Young 1993); excludes 0 exactly when the contrast's "
                       "test is significant")
+# Sign-flip draws per contrast family: at least this many (one matrix product, cheap), so that the test
+# can reject at the small level a run's Holm step gives it (alpha / 30 needs well over 600 draws).
+CONTRAST_MIN_DRAWS = 10_000
 RNG_NOTE = ("numpy.random.default_rng(int.from_bytes(sha256(f'{seed}|{question}|{attribute}|contrasts').digest()[:8], "
-            "'little')).choice([-1.0, 1.0], size=(n_draws, n_cases)); rows = draws, columns = cases in ascending "
-            "case_id order; exhaustive: all 2^n sign vectors, bit i of draw b = 1 flips case i, p = #/2^n")
+            "'little')).choice([-1.0, 1.0], size=(n_draws, n_cases)), n_draws = max(audit.n_boot, 10000); rows = draws, columns = "
+            "the cases with at least one contrast, in ascending case_id order; exhaustive (2^n_cases <= n_draws): all 2^n sign vectors, bit i of draw b = 1 flips case i, p = #/2^n")
 
 
 def _case_matrix(df: pd.DataFrame, column: str, values: list[str], value_col: str) -> np.ndarray:
@@ -226,7 +229,8 @@ class CounterfactualAudit:
             return out
         diffs = self._contrast_diffs(df, attr, values, reference)
         keep = [v for v in contrasts if v not in unmeasurable]
-        res = stats.signflip_maxt(diffs[keep].to_numpy(float), self._rng(qid, attr, "contrasts"), self.cfg.n_boot)
+        res = stats.signflip_maxt(diffs[keep].to_numpy(float), self._rng(qid, attr, "contrasts"),
+                                  max(self.cfg.n_boot, CONTRAST_MIN_DRAWS))
         out, members = {}, []
         for v in contrasts:
             target = f"{qid}/{attr}/{v}-{reference}"
@@ -259,8 +263,6 @@ class CounterfactualAudit:
         """After the correction: the simultaneous interval of every contrast at confidence 1 - beta,
         beta the level at which the run's procedure stopped (stats.correct_with_level). Returns the
         families' records for results.json (level, critical value, how the draws were made)."""
-        from scipy.stats import norm
-
         records = []
         for fam in self._families:
             c = stats.maxt_critical(fam["null"], fam["a"], beta) if beta is not None else math.inf
@@ -269,9 +271,10 @@ class CounterfactualAudit:
                 est.update(p_adjusted=stats.num(test.p_adjusted), significant=test.significant,
                            confidence=stats.num(1 - beta) if beta is not None else None, critical_value=stats.num(c),
                            ci_method=CONTRAST_CI_METHOD,
-                           # Minimum detectable effect at 80% power for this contrast at the family's level
-                           # (normal approximation, Bloom 1995): (c + z_0.8) se.
-                           mde_80=stats.num((c + norm.ppf(0.8)) * se) if math.isfinite(c) else None)
+                           # Minimum detectable effect at 80% power for this contrast at the family's level:
+                           # the noncentrality lambda with P(|T_{n-1}(lambda)| > c) = 0.8, times se (Bloom 1995's
+                           # MDE with the noncentral t instead of the normal; fairbench power checks it by simulation).
+                           mde_80=stats.num(stats.t_mde(c, est["n"] - 1) * se) if math.isfinite(c) else None)
                 if math.isfinite(c):
                     est["ci_low"], est["ci_high"] = stats.num(est["value"] - c * se), stats.num(est["value"] + c * se)
                 else:

@@ -622,3 +622,19 @@ def mcnemar_detectable_difference(n: int, discordance: float, alpha: float = 0.0
             lo, hi = (lo, mid) if mcnemar_exact_power(n, (psi + mid) / 2, (psi - mid) / 2, alpha) >= power else (mid, hi)
         exact = hi
     return {"n": n, "discordance": psi, "alpha": alpha, "power": power, "connor": connor, "exact": exact}
+
+
+def t_mde(c: float, df: int, power: float = 0.80) -> float:
+    """The noncentrality lambda at which a two-sided t test with critical value ``c`` and ``df`` degrees
+    of freedom rejects with probability ``power``: P(T > c) + P(T < -c) = power, T ~ noncentral t(df,
+    lambda) (scipy.stats.nct; solved with brentq). The minimum detectable effect is lambda * se."""
+    from scipy.optimize import brentq
+
+    def gap(lam):
+        # The lower tail underflows to NaN for a large lambda, where it is 0.
+        return float(sps.nct.sf(c, df, lam) + np.nan_to_num(sps.nct.cdf(-c, df, lam))) - power
+
+    hi = c + 10.0
+    while gap(hi) < 0 and hi < 1e6:
+        hi *= 2
+    return float(brentq(gap, 0.0, hi)) if gap(0.0) < 0 else 0.0
