@@ -266,15 +266,22 @@ class CounterfactualAudit:
         records = []
         for fam in self._families:
             c = stats.maxt_critical(fam["null"], fam["a"], beta) if beta is not None else math.inf
+            # With few cases every sign vector is drawn, and the smallest attainable p is 2 / 2^n (the
+            # identity and its negation): above the level, no contrast of the family can be significant.
+            floor = 2 / len(fam["null"]) if fam["exhaustive"] else 1 / (1 + len(fam["null"]))
+            too_few = beta is not None and floor > beta
             for est, test in fam["members"]:
                 se = est["se"]
+                if too_few:
+                    est["note"] = (f"with {fam['n_cases']} cases the smallest sign-flip p-value is {floor:.3g}, above the "
+                                   f"family's level {beta:.3g}: no contrast can be significant, whatever its size")
                 est.update(p_adjusted=stats.num(test.p_adjusted), significant=test.significant,
                            confidence=stats.num(1 - beta) if beta is not None else None, critical_value=stats.num(c),
                            ci_method=CONTRAST_CI_METHOD,
                            # Minimum detectable effect at 80% power for this contrast at the family's level:
                            # the noncentrality lambda with P(|T_{n-1}(lambda)| > c) = 0.8, times se (Bloom 1995's
                            # MDE with the noncentral t instead of the normal; fairbench power checks it by simulation).
-                           mde_80=stats.num(stats.t_mde(c, est["n"] - 1) * se) if math.isfinite(c) else None)
+                           mde_80=stats.num(stats.t_mde(c, est["n"] - 1) * se) if math.isfinite(c) and not too_few else None)
                 if math.isfinite(c):
                     est["ci_low"], est["ci_high"] = stats.num(est["value"] - c * se), stats.num(est["value"] + c * se)
                 else:
