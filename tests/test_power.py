@@ -56,12 +56,16 @@ def test_calibration_recovers_the_noise_of_a_run(demo):
     (["power", "nope"], 'unknown task "nope"'),
     (["power", "qpain-demo", "--model", "m", "--run", "x"], "--model and --run"),
     (["power", "qpain-demo", "--model", "none-such"], "no run of model none-such"),
+    (["power", "qpain-demo", "--effect", "nan"], "--effect nan"),
+    (["power"], "task"),
+    (["power", "qpain-demo", "--sims", "many"], "--sims"),
+    (["power", "qpain-demo", "--run", "no-such-dir"], "no-such-dir"),
 ])
 def test_usage_errors_are_one_line_exit_2(argv, fragment, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert fragment in err and "\n" not in err
+    assert err.startswith("error: ") and fragment in err and "\n" not in err, err
 
 
 def test_power_command_prints_a_row_per_metric(capsys):
