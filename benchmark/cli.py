@@ -285,6 +285,24 @@ def report(
 
 
 @app.command()
+def power(
+    task: str = typer.Argument(..., help="A text task (e.g. qpain)."),
+    effect: Optional[float] = typer.Option(None, "--effect", help="Planted shift D of P(yes) / P(correct) for one group: print the power at D (default: the MDE at 80% power)."),
+    cases: Optional[int] = typer.Option(None, "--cases", help="Number of cases (default: the run's, else the task's full size)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Calibrate the noise on this model's newest run of TASK (under --runs-dir)."),
+    run_dir: Optional[Path] = typer.Option(None, "--run", help="Calibrate the noise on this run directory."),
+    sims: int = typer.Option(20, "--sims", help="Simulated runs per effect size."),
+    seed: int = typer.Option(0, "--seed"),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where --model looks for runs."),
+    tasks_dir: Optional[Path] = TasksDir,
+) -> None:
+    """Power or minimum detectable effect of each metric of TASK's audit, simulated through the audit (docs/power.md)."""
+    from .audits.power import command
+
+    command(task, effect, cases, model, run_dir, sims, seed, tasks_dir, runs_dir, console)
+
+
+@app.command()
 def merge(
     dest: Path = typer.Argument(..., help="The run directory to complete."),
     sources: list[Path] = typer.Argument(..., help="Run directories of the same run written by other shards (other machines)."),

@@ -61,14 +61,17 @@ def print_counterfactual(results: dict, audit: dict, console: Console) -> None:
         console.print(table)
         summary = Table(title=f"question '{qid}': counterfactual metrics", title_justify="left")
         summary.add_column("metric", **LABEL)
-        summary.add_column("value [95% CI]", justify="right")
+        summary.add_column("value [95% CI; contrasts: simultaneous]", justify="right")
         for name in ("accuracy", "cf_flip_rate", "cf_mean_abs_delta", "cf_mean_tvd", "cf_spread"):
             if name in q:
                 summary.add_row(name, _ci(q[name]))
         summary.add_row("invalid_rate", f"{q['invalid_rate']:.3g} ({q['n_invalid']}/{q['n_rows']})")
         for attr, ares in q.get("attributes", {}).items():
             for value, est in (ares.get("delta_vs_reference") or {}).items():
-                summary.add_row(escape(f"delta[{attr}={value} - {ares['reference']}]"), _ci(est))
+                # Contrasts: the simultaneous interval at the run's correction level (never the marginal one).
+                conf = est.get("confidence") if est.get("ci_low") is not None else None
+                label = f"delta[{attr}={value} - {ares['reference']}]" + (f" simult. {100 * conf:.3g}%" if conf else "")
+                summary.add_row(escape(label), _ci(est) + (" *" if est.get("significant") else ""))
         for attr, ares in q.get("attributes", {}).items():
             if "dp_gap" in ares:
                 summary.add_row(escape(f"dp_gap[{attr}]"), _ci(ares["dp_gap"]))
