@@ -55,13 +55,19 @@ Worked example, two models x two tasks on 3 cases each:
 "verdict: EFFECT FOUND": a paired test found a difference between
 groups after correction; "no effect found" is not proof of fairness."""
 
-FIRST_SCREEN = f"""\
+def first_screen() -> str:
+    """What ``fairbench`` alone prints; the command list is read from the app, so it never drifts."""
+    import textwrap
+
+    names = [c.name or c.callback.__name__ for c in app.registered_commands] + [g.name for g in app.registered_groups]
+    commands = textwrap.fill("Commands: " + " ".join(names), 80, subsequent_indent="  ")
+    return f"""\
 fairbench: fairness audits for medical AI models.
 
 {START}
 
 Help: fairbench CMD --help, fairbench list models|tasks, fairbench cache info
-Commands: run score leaderboard check report merge mitigate list data cache
+{commands}
 Docs: README.md and docs/ (mkdocs serve). Exit: 0 ok, 1 check failed, 2 usage"""
 
 
@@ -329,6 +335,24 @@ def report(
 
 
 @app.command()
+def power(
+    task: str = typer.Argument(..., help="A text task (e.g. qpain)."),
+    effect: Optional[float] = typer.Option(None, "--effect", help="Planted shift D of P(yes) / P(correct) for one group: print the power at D (default: the MDE at 80% power)."),
+    cases: Optional[int] = typer.Option(None, "--cases", help="Number of cases (default: the run's, else the task's full size)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Calibrate the noise on this model's newest run of TASK (under --runs-dir)."),
+    run_dir: Optional[Path] = typer.Option(None, "--run", help="Calibrate the noise on this run directory."),
+    sims: int = typer.Option(20, "--sims", help="Simulated runs per effect size."),
+    seed: int = typer.Option(0, "--seed"),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where --model looks for runs."),
+    tasks_dir: Optional[Path] = TasksDir,
+) -> None:
+    """Power or minimum detectable effect of each metric of TASK's audit, simulated through the audit (docs/power.md)."""
+    from .audits.power import command
+
+    command(task, effect, cases, model, run_dir, sims, seed, tasks_dir, runs_dir, console)
+
+
+@app.command()
 def merge(
     dest: Path = typer.Argument(..., help="The run directory to complete."),
     sources: list[Path] = typer.Argument(..., help="Run directories of the same run written by other shards (other machines)."),
@@ -553,7 +577,7 @@ def main(argv: list[str] | None = None) -> int:
     args, debug = _split_debug(list(sys.argv[1:] if argv is None else argv))
     debug = debug or bool(os.environ.get("FAIRBENCH_DEBUG"))
     if not [a for a in args if a != "--debug"]:  # `fairbench` alone: the first screen, not "Missing command"
-        print(FIRST_SCREEN)
+        print(first_screen())
         return 0
     _debug["on"] = debug
     parse, exits, aborts = _exception_kinds()

@@ -50,3 +50,13 @@ def test_no_arguments_is_not_an_error(capsys):
     assert main([]) == 0
     out, err = capsys.readouterr()
     assert err == "" and out.startswith("fairbench: ")
+
+
+def test_the_command_list_names_every_command(capsys, monkeypatch):
+    from benchmark.cli import app
+
+    lines = _first_screen(capsys, [], monkeypatch)
+    i = next(n for n, x in enumerate(lines) if x.startswith("Commands: "))
+    listed = " ".join(lines[i:i + 3]).split("Docs:")[0].removeprefix("Commands: ").split()
+    want = [c.name or c.callback.__name__ for c in app.registered_commands] + [g.name for g in app.registered_groups]
+    assert listed == want and "power" in listed

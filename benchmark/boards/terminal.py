@@ -200,7 +200,10 @@ def print_counterfactual(results: dict, audit: dict, console: Console) -> None:
         summary.append(("invalid_rate", f"{q['invalid_rate']:.3g} ({q['n_invalid']}/{q['n_rows']})"))
         for attr, ares in q.get("attributes", {}).items():
             for value, est in (ares.get("delta_vs_reference") or {}).items():
-                summary.append((label(f"delta[{attr}={value} - {ares['reference']}]"), estimate(_ci(est))))
+                # Contrasts: the simultaneous interval at the run's correction level (never the marginal one).
+                conf = est.get("confidence") if est.get("ci_low") is not None else None
+                name = f"delta[{attr}={value} - {ares['reference']}]" + (f" simult. {100 * conf:.3g}%" if conf else "")
+                summary.append((label(name), estimate(_ci(est) + (" *" if est.get("significant") else ""))))
         for attr, ares in q.get("attributes", {}).items():
             if "dp_gap" in ares:
                 summary.append((escape(f"dp_gap[{attr}]"), estimate(_ci(ares["dp_gap"]))))
