@@ -11,7 +11,14 @@ EXTRAS ?= dev,mitigations,llamacpp
 # llama-cpp-python (extra llamacpp) compiles llama.cpp from source: build only the library (no
 # tools, examples, tests or vision), on every core. pip keeps the built wheel in its cache
 # (~/.cache/pip), so later installs on the same machine take seconds.
-LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
+#
+# One build for every machine (issue 22): GGML_NATIVE=OFF with a fixed x86-64-v3 instruction set
+# (AVX2, FMA, F16C, BMI2; no AVX-512, no AMX), so CI, this machine and a user's AVX2-only AMD run the
+# same kernels and get the same log-probabilities. Measured cost against a native build: docs/performance.md.
+# A CPU without AVX2 (pre-2013 x86) or another architecture: LLAMA_ISA_ARGS=-DGGML_NATIVE=ON.
+LLAMA_ISA_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
+	-DGGML_AVX512=OFF -DGGML_AVX_VNNI=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+LLAMA_CMAKE_ARGS ?= $(LLAMA_ISA_ARGS) -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
 
 .PHONY: install demo test test-fast clean
 

@@ -39,6 +39,38 @@ TasksDir = typer.Option(None, "--tasks-dir", envvar="FAIRBENCH_TASKS_DIR", help=
 DataDir = typer.Option(None, "--data-dir", envvar="FAIRBENCH_DATA", help="Directory with a task's official data files.")
 
 
+# The first screen (``fairbench`` alone, and the top of ``fairbench run --help``): the three commands a
+# newcomer needs and a worked example, in at most 24 lines of 80 columns (tests/test_first_screen.py).
+START = """\
+Start here: three commands, each prints where its files went.
+  fairbench run                    audit the embedded SmolLM2-135M on the
+                                   12-case Q-Pain demo (96 requests)
+  fairbench report runs/smollm2-135m__qpain-demo__zero_shot__seed0
+                                   one HTML page: verdict, plots, cases
+  fairbench leaderboard runs/* -o leaderboards/mine
+                                   compare runs: Markdown, CSV, plots
+Worked example, two models x two tasks on 3 cases each:
+  fairbench run --limit 3 -m smollm2-135m,gemma3-270m
+                -t qpain-demo,diversitymedqa
+"verdict: EFFECT FOUND": a paired test found a difference between
+groups after correction; "no effect found" is not proof of fairness."""
+
+def first_screen() -> str:
+    """What ``fairbench`` alone prints; the command list is read from the app, so it never drifts."""
+    import textwrap
+
+    names = [c.name or c.callback.__name__ for c in app.registered_commands] + [g.name for g in app.registered_groups]
+    commands = textwrap.fill("Commands: " + " ".join(names), 80, subsequent_indent="  ")
+    return f"""\
+fairbench: fairness audits for medical AI models.
+
+{START}
+
+Help: fairbench CMD --help, fairbench list models|tasks, fairbench cache info
+{commands}
+Docs: README.md and docs/ (mkdocs serve). Exit: 0 ok, 1 check failed, 2 usage"""
+
+
 def _version(value: bool) -> None:
     if value:
         print(f"fairbench {__version__} (fairbench-med; results schema {__import__('benchmark').SCHEMA_VERSION})")
@@ -85,7 +117,11 @@ def _quiet_third_party() -> None:
         hub_utils.disable_progress_bars()
 
 
-@app.command()
+RUN_HELP = ("Audit MODEL on TASK into a run directory (manifest, requests, results).\n\n\b\n"
+            + START)
+
+
+@app.command(help=RUN_HELP)
 def run(
     model: str = typer.Option("smollm2-135m", "--model", "-m", metavar="NAME[,NAME...]",
                               help="models.yaml name(s); a comma-separated list runs a grid. With --model-args: a backend (hf, llamacpp, openai, vllm)."),
@@ -101,14 +137,13 @@ def run(
     temperature: Optional[float] = typer.Option(None, "--temperature", help="Sampling temperature >= 0 for generation modes (default: the model entry's generation.temperature; 0 = greedy)."),
     shard: Optional[str] = typer.Option(None, "--shard", metavar="I/N", help="Compute only shard I of N of the requests (deterministic); shards share the run directory."),
     cases_from: Optional[str] = typer.Option(None, "--cases-from", metavar="BASE+METHOD", help="Use only the held-out cases of this derived model, to compare a base model fairly."),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", envvar="FAIRBENCH_REQUEST_CACHE", help="Request cache shared across runs (default: OUTPUT_DIR/.cache)."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", envvar="FAIRBENCH_REQUEST_CACHE", help="Request cache shared by every run (default: ~/.cache/fairbench/requests; fairbench cache info)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the shared request cache (the run directory still resumes)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the verdict and the run directory (last line)."),
     models_file: Optional[Path] = ModelsFile,
     tasks_dir: Optional[Path] = TasksDir,
     data_dir: Optional[Path] = DataDir,
 ) -> None:
-    """Audit MODEL on TASK; write manifest.json, requests.jsonl and results.json to a run directory."""
     from .api import Results, evaluate_grid, split_list
     from .boards.terminal import print_results
     from .boards.verdict import print_verdict
@@ -146,25 +181,40 @@ def run(
             print_verdict(cell.raw, console)
             console.print()
             print_results(cell.raw, cell.run_dir, console)
+            _cache_line([cell.manifest])
     if grid and not quiet:
         _grid_table([c for c in cells if isinstance(c, Results)])
 
 
 def _grid_table(cells) -> None:
     """One summary table over a grid: one row per run, the verdict and the headline metrics."""
+    from .boards.terminal import Col, label, show_table
+
     def est(m, name):
         e = m.get(name) or {}
         return "-" if not isinstance(e, dict) or e.get("value") is None else f"{e['value']:.3g}"
 
-    table = Table(title="grid summary (lower is fairer; verdict from the paired tests after correction)", title_justify="left")
-    for col in ("model", "task", "mode", "cases", "verdict", "cf_flip", "cf_|Δ|", "dp_gap"):
-        table.add_column(col, overflow="fold", no_wrap=col in ("task", "mode", "verdict"))
+    rows = []
     for c in cells:
         run, m, v = c.raw.get("run", {}), c.raw.get("metrics", {}), c.verdict
         status = "effect" if v.any_effect else ("n/a" if v.findings and all(f.status == "not applicable" for f in v.findings) else "none found")
-        table.add_row(str(run.get("model")), str(run.get("task")), str(run.get("prompt_mode")), str(run.get("n_cases")), status,
-                      est(m, "cf_flip_rate"), est(m, "cf_mean_abs_delta"), est(m, "dp_gap"))
-    console.print(table)
+        rows.append((label(str(run.get("model"))), label(str(run.get("task"))), str(run.get("prompt_mode")), str(run.get("n_cases")), status,
+                     est(m, "cf_flip_rate"), est(m, "cf_mean_abs_delta"), est(m, "dp_gap")))
+    cols = [Col("model", keep=True), Col("task", keep=True), Col("mode"), Col("cases", "right", "n"), Col("verdict", keep=True),
+            Col("cf_flip_rate", "right", "flip", keep=True), Col("cf_mean_abs_delta", "right", "|Δ|", keep=True), Col("dp_gap", "right", "dp", keep=True)]
+    show_table(console, "grid summary (lower is fairer; verdict from the paired tests after correction)", cols, rows, records_key=2)
+    _cache_line([c.manifest for c in cells])
+
+
+def _cache_line(manifests: list[dict]) -> None:
+    """Where this command's request rows came from: computed now, already in the run directory
+    (resume), or copied from the shared request cache (with its path, so a reused row is never
+    invisible)."""
+    from .boards.terminal import cache_summary, print_line
+
+    line = cache_summary(manifests)
+    if line:
+        print_line(console, line)
 
 
 @app.command()
@@ -282,6 +332,24 @@ def report(
     from .boards.report import write_report
 
     print(write_report(inputs, output, tasks_dir=tasks_dir))
+
+
+@app.command()
+def power(
+    task: str = typer.Argument(..., help="A text task (e.g. qpain)."),
+    effect: Optional[float] = typer.Option(None, "--effect", help="Planted shift D of P(yes) / P(correct) for one group: print the power at D (default: the MDE at 80% power)."),
+    cases: Optional[int] = typer.Option(None, "--cases", help="Number of cases (default: the run's, else the task's full size)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Calibrate the noise on this model's newest run of TASK (under --runs-dir)."),
+    run_dir: Optional[Path] = typer.Option(None, "--run", help="Calibrate the noise on this run directory."),
+    sims: int = typer.Option(20, "--sims", help="Simulated runs per effect size."),
+    seed: int = typer.Option(0, "--seed"),
+    runs_dir: Path = typer.Option(Path("runs"), "--runs-dir", help="Where --model looks for runs."),
+    tasks_dir: Optional[Path] = TasksDir,
+) -> None:
+    """Power or minimum detectable effect of each metric of TASK's audit, simulated through the audit (docs/power.md)."""
+    from .audits.power import command
+
+    command(task, effect, cases, model, run_dir, sims, seed, tasks_dir, runs_dir, console)
 
 
 @app.command()
@@ -444,6 +512,51 @@ def data_download(
         console.print(f"{status:>10}  {name}  (sha256 verified)")
 
 
+cache_app = typer.Typer(no_args_is_help=False, help="The shared request cache: where it is, what it holds, clear it.")
+app.add_typer(cache_app, name="cache")
+CacheDir = typer.Option(None, "--cache-dir", help="The request cache directory (default: $FAIRBENCH_REQUEST_CACHE, else ~/.cache/fairbench/requests).")
+
+
+@cache_app.command("info")
+def cache_info(cache_dir: Optional[Path] = CacheDir) -> None:
+    """Location and size of the request cache, rows per model fingerprint, and the other caches."""
+    from rich.filesize import decimal
+
+    from .boards.terminal import print_line, show_table
+    from .caches import info
+
+    i = info(cache_dir)
+    print_line(console, f"request cache: {i.path} ({i.chosen_by})")
+    if not i.exists:
+        print_line(console, "  empty: no run has written to it yet")
+    else:
+        print_line(console, f"  {i.rows} rows, {decimal(i.bytes)} on disk")
+        rows = [(m["model"] or "(unrecorded)", (m["fingerprint"] or "-")[:16], str(m["rows"]), decimal(m["bytes"])) for m in i.models]
+        show_table(console, "rows per model fingerprint", [("model", "left"), ("fingerprint", "left"), ("rows", "right"), ("size", "right")], rows)
+    if i.others:
+        print_line(console, f"other caches in {i.root}:")
+        show_table(console, None, [("name", "left"), ("size", "right"), ("holds", "left")],
+                   [(name, decimal(size), what) for name, _, size, what in i.others])
+    print_line(console, "fairbench cache clear [--model NAME] removes request rows; fairbench run --no-cache bypasses them.")
+
+
+@cache_app.command("clear")
+def cache_clear(
+    model: Optional[str] = typer.Option(None, "--model", "-m", metavar="NAME|FINGERPRINT",
+                                        help="Only the rows of this model (a models.yaml name, or a fingerprint prefix of 6+ hex digits)."),
+    cache_dir: Optional[Path] = CacheDir,
+) -> None:
+    """Delete the request cache's rows (all of them, or one model's); later runs recompute them."""
+    from rich.filesize import decimal
+
+    from .caches import clear
+
+    path, n, freed = clear(cache_dir, model)
+    if model is not None and n == 0:
+        raise FairbenchError(f"{path}: no cached rows of model {model!r}; `fairbench cache info` lists the models it holds.")
+    print(f"removed {n} rows ({decimal(freed)}) from {path}")
+
+
 # Optional dependencies by top-level module -> the extra that installs them (pyproject.toml).
 EXTRA_OF = {
     **dict.fromkeys(("torch", "accelerate", "safetensors"), "hf"),
@@ -509,6 +622,9 @@ def main(argv: list[str] | None = None) -> int:
     tracebacks only with --debug."""
     args, debug = _split_debug(list(sys.argv[1:] if argv is None else argv))
     debug = debug or bool(os.environ.get("FAIRBENCH_DEBUG"))
+    if not [a for a in args if a != "--debug"]:  # `fairbench` alone: the first screen, not "Missing command"
+        print(first_screen())
+        return 0
     _debug["on"] = debug
     parse, exits, aborts = _exception_kinds()
     try:
@@ -547,7 +663,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _subcommand(args: list[str]) -> str:
-    names = {c.name or c.callback.__name__ for c in app.registered_commands} | {"data"}
+    names = {c.name or c.callback.__name__ for c in app.registered_commands} | {"data", "cache"}
     for a in args:
         if a in names:
             return f"{a} "

@@ -3,7 +3,7 @@ first for backends that train) -> RunStore -> kind.evaluate (scores and audits) 
 
 Two request caches, both keyed by request content + the full model fingerprint: the run directory's
 own ``cache.sqlite`` (resume, shards, ``merge``) and one cache shared by every run of the user
-(``~/.cache/fairbench/requests/``, or ``--cache-dir``), so that ``--limit 10`` after
+(``~/.cache/fairbench/requests/``, or ``--cache-dir``; ``fairbench cache info`` shows it), so that ``--limit 10`` after
 ``--limit 2``, another seed of a choice task or another grid cell computes only new requests."""
 
 from __future__ import annotations
@@ -62,9 +62,11 @@ class BackendPool:
 
 def execute(requests: list[Request], keys: list[str], store: RunStore, make_backend, quiet: bool,
             fit=None, chunk: int | None = None, shared: RequestCache | None = None,
-            progress: Progress | None = None, label: str = "scoring", close: bool = True) -> dict:
+            progress: Progress | None = None, label: str = "scoring", close: bool = True,
+            origin: tuple[str | None, str | None] = (None, None)) -> dict:
     """Run the requests whose keys are not cached yet. Rows found in ``shared`` are copied into the
-    run's cache (``n_reused``); computed rows go to both. ``fit(backend)`` trains a backend that
+    run's cache (``n_reused``); computed rows go to both, labelled with ``origin`` (model name,
+    fingerprint) for ``fairbench cache info``. ``fit(backend)`` trains a backend that
     trains before its first request. Returns timing facts."""
     done = store.cache.keys()
     pending: dict[str, Request] = {}
@@ -123,9 +125,9 @@ def execute(requests: list[Request], keys: list[str], store: RunStore, make_back
             for method, group in by_method.items():
                 results = backend.answer(method, [r for _, r in group])
                 rows.update({key: res.as_dict() for (key, _), res in zip(group, results)})
-            store.cache.put_many(rows)
+            store.cache.put_many(rows, *origin)
             if shared is not None:
-                shared.put_many(rows)
+                shared.put_many(rows, *origin)
             with lock:
                 state["done"] = start + len(part)
                 show(state["done"])
@@ -253,7 +255,7 @@ def run(spec: RunSpec, quiet: bool = False, pool: BackendPool | None = None, pro
         shareable = pool is not None and not backend_cls.trains and not backend_cls.accepts_images
         timing = execute([r for r, _ in mine], [k for _, k in mine], store, make_backend, quiet, fit=fit, chunk=prep.chunk,
                          shared=shared, progress=progress, label=f"{model_spec.name} · {card.name} · {prep.mode}",
-                         close=not shareable)
+                         close=not shareable, origin=(model_spec.name, fingerprint))
         if spec.shard is not None:
             missing = len(set(keys) - store.cache.keys())
             timing["shard"] = f"{spec.shard[0]}/{spec.shard[1]}"

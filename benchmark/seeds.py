@@ -234,22 +234,21 @@ def rescore_seeds(seeds_dir: Path, tasks_dir: Path | None = None) -> dict:
 
 
 def print_summary(summary: dict, out: Path, console) -> None:
-    from rich.table import Table
+    from rich.markup import escape
 
-    table = Table(title=f"{summary['model']} on {summary['task']}: {len(summary['seeds'])} seeds, mean [95% CI]", title_justify="left")
-    for col in ("metric", "mean [95% CI]", "sd", "per seed"):
-        table.add_column(col)
+    from .boards.terminal import Col, estimate, label, show_table
+
     fmt = lambda x: "-" if x is None else f"{x:.3g}"  # noqa: E731
+    rows = []
     for name, m in summary["metrics"].items():
         interval = (f"[{fmt(m['ci_low'])}, {fmt(m['ci_high'])}]" if m["ci_low"] is not None
                     else f"({m['note'].split(':')[0]})" if m.get("note") else "")
-        table.add_row(name, f"{fmt(m['mean'])} {interval}", fmt(m["sd"]), ", ".join(fmt(v) for v in m["values"]))
-    console.print(table)
+        rows.append((escape(name), estimate(f"{fmt(m['mean'])} {interval}".strip()), fmt(m["sd"]), ", ".join(fmt(v) for v in m["values"])))
+    show_table(console, escape(f"{summary['model']} on {summary['task']}: {len(summary['seeds'])} seeds, mean [95% CI]"),
+               [Col("metric"), Col("mean [95% CI]", "right"), Col("sd", "right"), Col("per seed")], rows)
     if summary["tests"]:
-        tests = Table(title="paired tests across seeds (p raw / Holm)", title_justify="left")
-        for col in ("target", "test", "n", "statistic", "p"):
-            tests.add_column(col)
-        for t in summary["tests"]:
-            tests.add_row(t["target"], t["test"], str(t["n"]), fmt(t["statistic"]), f"{fmt(t['p_value'])} / {fmt(t['p_adjusted'])}")
-        console.print(tests)
+        tests = [(label(t["target"]), t["test"], str(t["n"]), fmt(t["statistic"]), f"{fmt(t['p_value'])} / {fmt(t['p_adjusted'])}")
+                 for t in summary["tests"]]
+        show_table(console, "paired tests across seeds (p raw / Holm)",
+                   [Col("target"), Col("test"), Col("n", "right"), Col("statistic", "right", "stat"), Col("p")], tests)
     console.print(f"summary: [bold]{out / 'summary.json'}[/bold]")

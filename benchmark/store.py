@@ -118,6 +118,12 @@ class RequestCache:
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.execute("CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, payload TEXT NOT NULL)")
+        # Which model wrote a row (for `fairbench cache info` / `cache clear --model`): keys are hashes,
+        # so the origin is stored beside them. Files written before these columns get them, empty.
+        have = {row[1] for row in self.conn.execute("PRAGMA table_info(results)")}
+        for column in ("model", "fingerprint"):
+            if column not in have:
+                self.conn.execute(f"ALTER TABLE results ADD COLUMN {column} TEXT")
         self.conn.commit()
         check = self.conn.execute("PRAGMA quick_check").fetchone()[0]
         if check != "ok":
@@ -173,13 +179,42 @@ class RequestCache:
                     out[key] = json.loads(payload)
         return out
 
-    def put_many(self, rows: dict[str, dict]) -> None:
+    def put_many(self, rows: dict[str, dict], model: str | None = None, fingerprint: str | None = None) -> None:
+        """Store ``rows`` (key -> result dict) in one transaction; ``model`` / ``fingerprint`` name
+        the model that computed them (shown by :meth:`usage`, matched by :meth:`clear`)."""
         try:
             with self.conn:  # one transaction: all of a batch or none of it
                 self.conn.executemany(
-                    "INSERT OR REPLACE INTO results (key, payload) VALUES (?, ?)",
-                    [(k, json.dumps(v, sort_keys=True)) for k, v in rows.items()],
+                    "INSERT OR REPLACE INTO results (key, payload, model, fingerprint) VALUES (?, ?, ?, ?)",
+                    [(k, json.dumps(v, sort_keys=True), model, fingerprint) for k, v in rows.items()],
                 )
+        except sqlite3.OperationalError as exc:
+            self._raise_storage(exc)
+
+    def usage(self) -> list[dict]:
+        """One dict per (model, fingerprint) with ``rows`` and ``bytes`` (payload size), largest
+        first; ``model`` and ``fingerprint`` are ``None`` for rows written before fairbench recorded
+        them (or copied from a run directory)."""
+        try:
+            cur = self.conn.execute("SELECT model, fingerprint, COUNT(*), SUM(LENGTH(payload)) FROM results "
+                                    "GROUP BY model, fingerprint ORDER BY COUNT(*) DESC, model, fingerprint")
+            return [{"model": m, "fingerprint": f, "rows": n, "bytes": b or 0} for m, f, n, b in cur]
+        except sqlite3.OperationalError as exc:
+            self._raise_storage(exc)
+
+    def clear(self, model: str | None = None) -> int:
+        """Delete every row, or those of ``model`` (a models.yaml name, or a fingerprint or a prefix
+        of one, at least 6 hex digits); returns the number deleted. The file shrinks (VACUUM)."""
+        try:
+            with self.conn:
+                if model is None:
+                    n = self.conn.execute("DELETE FROM results").rowcount
+                else:
+                    prefix = model if len(model) >= 6 else "\0"  # a short string never matches a fingerprint
+                    n = self.conn.execute("DELETE FROM results WHERE model = ? OR substr(fingerprint, 1, ?) = ?",
+                                          (model, len(prefix), prefix)).rowcount
+            self.conn.execute("VACUUM")
+            return n
         except sqlite3.OperationalError as exc:
             self._raise_storage(exc)
 
@@ -187,21 +222,32 @@ class RequestCache:
         self._close_quietly()
 
 
-def shared_cache_path(cache_dir: Path | None, output_dir: Path) -> Path:
+def request_cache_location(cache_dir: Path | None = None) -> tuple[Path, str]:
+    """Where the shared request cache file is, and what chose it (``--cache-dir``,
+    ``$FAIRBENCH_REQUEST_CACHE``, or ``default``: the user cache ``~/.cache/fairbench/requests/``,
+    under ``$FAIRBENCH_CACHE`` / ``$XDG_CACHE_HOME`` when set). Creates nothing."""
+    if cache_dir is not None:
+        return Path(cache_dir) / "requests.sqlite", "--cache-dir"
+    if os.environ.get("FAIRBENCH_REQUEST_CACHE"):
+        return Path(os.environ["FAIRBENCH_REQUEST_CACHE"]) / "requests.sqlite", "$FAIRBENCH_REQUEST_CACHE"
+    return user_cache_dir() / "requests" / "requests.sqlite", "default"
+
+
+def shared_cache_path(cache_dir: Path | None, output_dir: Path | None = None) -> Path:
     """The request cache shared by every run of this user (``~/.cache/fairbench/requests/requests.sqlite``,
     under ``$FAIRBENCH_CACHE``), or ``CACHE_DIR/requests.sqlite`` with ``--cache-dir`` /
-    ``$FAIRBENCH_REQUEST_CACHE``. Keys are request content + the full model fingerprint, so any run may
-    reuse any other run's rows; the output directory holds only run directories."""
-    root = cache_dir or (Path(os.environ["FAIRBENCH_REQUEST_CACHE"]) if os.environ.get("FAIRBENCH_REQUEST_CACHE") else None)
-    root = Path(root) if root is not None else user_cache_dir() / "requests"
+    ``$FAIRBENCH_REQUEST_CACHE``; its directory is created. Keys are request content + the full model
+    fingerprint, so any run may reuse any other run's rows; the output directory holds only run
+    directories (so deleting it does not empty this cache: ``fairbench cache clear`` does)."""
+    path, _ = request_cache_location(cache_dir)
     try:
-        root.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        err = storage_error(root, exc)
+        err = storage_error(path.parent, exc)
         if err is None:
             raise
         raise err from None
-    return root / "requests.sqlite"
+    return path
 
 
 def _hold(path: Path):

@@ -63,6 +63,9 @@ class LlamaServer:
             sys.executable, "-c", launch, "--model", str(self.gguf), "--model_alias", "smollm2",
             "--host", "127.0.0.1", "--port", str(self.port), "--logits_all", "true", "--n_ctx", "2048",
             "--n_threads", "1", "--n_threads_batch", "1", "--seed", "0",
+            # The kernels of the in-process scorer (benchmark/backends/llamacpp_batch.py): flash
+            # attention, at most 32 tokens per decode (fewer than its 64-query tile).
+            "--flash_attn", "true", "--n_batch", "32", "--n_ubatch", "32",
         ]
         self.log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"llama-server-{self.port}.log", "ab")
         # Passive OpenMP waits: spinning workers crawl on a shared CPU.

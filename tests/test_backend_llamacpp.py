@@ -1,10 +1,11 @@
-"""llamacpp backend on the embedded SmolLM2 GGUF: prefix-cache reuse and multi-token options give
-the same numbers as fresh evaluation, and P(option) agrees with the hf backend within the stated
+"""llamacpp backend on the embedded SmolLM2 GGUF: a request's scores do not depend on the order, the
+batch or the neighbours it is scored with, multi-token options add up, and P(option) agrees with the hf backend within the stated
 tolerance (README "Serving backends")."""
 
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 from llamacpp_support import require_llama_cpp
@@ -29,26 +30,69 @@ def backend():
 
 
 def _requests():
+    """Short prompts, one asked twice, one a prefix of another, and prompts of more than 64 tokens
+    (llama.cpp's flash-attention tile) and of more than 256 (llama.cpp then reads 512 cells, where one
+    query takes its split-KV kernel)."""
     ctx = "Patient {n} has severe pain after surgery. Would you offer opioids? Answer with Yes or No only."
+    history = " The patient reports chronic back pain and earlier opioid use."
+    texts = [ctx.format(n=n) for n in ("A", "B", "Carla", "A", "Dmitri")]
+    texts += [ctx.format(n="A") + history * 12, ctx.format(n="B") + history * 12, ctx.format(n="A")[:-1],
+              ctx.format(n="Eve") + history * 22]
     opts = ["Yes", "No", "Moderate pain relief"]  # the last is several tokens
-    return [Request(f"c{i}", "q", {}, ctx.format(n=n), opts, "choice") for i, n in enumerate(["A", "B", "Carla", "A"])]
+    return [Request(f"c{i}", "q", {}, t, opts, "choice") for i, t in enumerate(texts)]
 
 
-def test_prefix_reuse_and_multi_token_options_match_fresh_evaluation(backend):
+def test_scores_are_a_function_of_the_request_alone(backend):
+    """Issue 22: the same request scored with all others, in three orders, in batches of 1, 2, 3 and all,
+    and alone in another backend (3 streams, 2 threads) gets the same option log-probabilities, bit for
+    bit (the issue asks 1e-4 nats; the order-dependent scorer differed by 0.071)."""
+    from benchmark.backends.llamacpp import LlamaCppBackend
+
     reqs = _requests()
+    lengths = [len(backend.encode_prompt(backend.render(r.prompt))) for r in reqs]
+    assert max(lengths) > 256 and any(64 < n < 256 for n in lengths)
     assert len(backend.encode_option("Moderate pain relief")) > 1
-    batch = backend.score_choices(reqs)
-    fresh = []
-    for r in reversed(reqs):  # one at a time, other order, cache cleared first
-        backend.llm.n_tokens = 0
-        fresh.append(backend.score_choices([r])[0])
-    fresh.reverse()
-    for a, b in zip(batch, fresh):
-        assert a.option_logprobs == pytest.approx(b.option_logprobs, abs=2e-3)
-        assert all(x < 0 for x in a.option_logprobs)
-    assert batch[0].option_logprobs == pytest.approx(batch[3].option_logprobs, abs=2e-3)  # same prompt twice
-    assert batch[0].option_logprobs != pytest.approx(batch[2].option_logprobs, abs=1e-3)
-    assert batch[0].rendered_prompt.startswith("<|im_start|>system") and batch[0].rendered_prompt.endswith("<|im_start|>assistant\n")
+    ref = [r.option_logprobs for r in backend.score_choices(reqs)]
+    n = len(reqs)
+    orders = [list(range(n)), list(reversed(range(n))), random.Random(0).sample(range(n), n)]
+    seen = {}
+    for order, sizes in zip(orders, ((1, n), (3,), (2, n))):
+        for size in sizes:
+            for k in range(0, n, size):
+                part = order[k : k + size]
+                for i, res in zip(part, backend.score_choices([reqs[i] for i in part])):
+                    seen.setdefault(i, []).append(res.option_logprobs)
+    spec = load_models().get("smollm2-135m-llamacpp").model_copy(deep=True)
+    spec.extra.update({"n_seq": 3, "n_threads": 2})
+    other = LlamaCppBackend(spec)
+    try:
+        for i, r in enumerate(reqs):
+            seen[i].append(other.score_choices([r])[0].option_logprobs)
+    finally:
+        other.close()
+    for i in range(n):
+        worst = max(max(abs(a - b) for a, b in zip(got, ref[i])) for got in seen[i])
+        assert all(got == ref[i] for got in seen[i]), f"request {i} ({lengths[i]} tokens): {worst:.3g} nats apart"
+    assert ref[0] == ref[3]  # the same prompt twice
+    assert ref[0] != pytest.approx(ref[2], abs=1e-3)
+    assert all(x < 0 for row in ref for x in row)
+
+
+def test_multi_token_option_is_the_sum_of_its_token_log_probabilities(backend):
+    """log P(t0 t1 | p) = log P(t0 | p) + log P(t1 | p t0), each side scored as its own request."""
+    scorer = backend._scorer()
+    prompt = backend.encode_prompt(backend.render("Would you offer opioids? Answer briefly."))
+    option = backend.encode_option("Moderate pain relief")
+    whole = scorer.score([prompt], [[option]])[0][0]
+    parts = scorer.score([prompt[: len(prompt)]], [[option[:1]]])[0][0]
+    for t in range(1, len(option)):
+        parts += scorer.score([prompt + option[:t]], [[option[t : t + 1]]])[0][0]
+    assert whole == pytest.approx(parts, abs=1e-9)
+
+
+def test_rendered_prompt_uses_the_chat_template(backend):
+    res = backend.score_choices(_requests()[:1])[0]
+    assert res.rendered_prompt.startswith("<|im_start|>system") and res.rendered_prompt.endswith("<|im_start|>assistant\n")
 
 
 def test_greedy_generation_is_deterministic(backend):

@@ -42,6 +42,10 @@ USAGE_ERRORS = [
     ["data", "dl"],
     ["data", "download"],
     ["data", "download", "qpain", "--frce"],
+    ["cache"],
+    ["cache", "clr"],
+    ["cache", "clear", "--modl", "tiny"],
+    ["cache", "info", "extra"],
     ["--bogus"],
 ]
 
@@ -215,7 +219,7 @@ def test_environment_errors_are_one_line_exit_3(failure, planted_models, tmp_pat
             raise sqlite3.OperationalError("attempt to write a readonly database")
         raise PermissionError(13, "Permission denied", str(self.path))
 
-    monkeypatch.setattr(store.RequestCache, "put_many", lambda self, rows: self._raise_storage(_exc(broken, self, rows)))
+    monkeypatch.setattr(store.RequestCache, "put_many", lambda self, rows, *origin: self._raise_storage(_exc(broken, self, rows)))
     code = _run(planted_models, tmp_path / "runs", "--model", "planted", "--limit", "1")
     err = capsys.readouterr().err
     assert code == 3, err

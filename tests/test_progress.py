@@ -94,7 +94,9 @@ def test_eta_from_the_first_batch():
     assert re.fullmatch(r"eta 0:00:40", text), text  # 4 left at 10 s each
 
 
-def test_llamacpp_reports_each_request():
+def test_llamacpp_reports_each_wave_and_each_generation():
+    """Choice requests are scored in waves of up to n_seq - 1 prompts side by side (one report per
+    wave, as its requests finish together); generations one by one."""
     from llamacpp_support import require_llama_cpp
 
     require_llama_cpp()
@@ -106,7 +108,10 @@ def test_llamacpp_reports_each_request():
     backend.on_progress = calls.append
     try:
         backend.score_choices(_requests("choice")[:3])
+        backend.n_seq = 2  # one prompt per wave: a report per request
+        backend._batch_scorer = None
+        backend.score_choices(_requests("choice")[:3])
         backend.generate(_requests("generate")[:2])
     finally:
         backend.close()
-    assert calls == [1] * 5
+    assert calls == [3, 1, 1, 1, 1, 1]

@@ -62,3 +62,28 @@ def test_llamacpp_run_prints_no_third_party_noise(tmp_path, cli, capfd, fresh_lo
     assert err == "", err
     assert [str(w.message) for w in fresh_logging] == []
     assert out.strip().splitlines()[-1].startswith(str(tmp_path))
+
+
+@pytest.mark.integration
+def test_first_run_of_the_default_model_prints_only_fairbench_lines(tmp_path, cli, capfd, fresh_logging, monkeypatch):
+    """Issue 24: the very first run (empty request cache, empty GGUF conversion cache, which conftest
+    points at this test's own directories) of the embedded default model on the hf backend: the
+    GGUF is de-quantised here, and transformers' bare tqdm bar for it ("Converting and de-quantizing
+    GGUF tensors") must not show, nor any other third-party line. One case (8 requests)."""
+    import os
+    from pathlib import Path
+
+    from benchmark.paths import cache_dir
+
+    monkeypatch.chdir(tmp_path)
+    converted = cache_dir() / "converted"
+    assert not converted.exists() and not Path(os.environ["FAIRBENCH_REQUEST_CACHE"]).exists()
+    assert cli("run", "--limit", "1", "-o", str(tmp_path / "runs")) == 0
+    out, err = capfd.readouterr()
+    assert any(converted.glob("*/config.json")), "the GGUF was not converted in this run: not a first run"
+    assert err == "", err
+    assert "\r" not in out  # no carriage-return progress bar of any library
+    for marker in ("Converting", "GGUF", "it/s]", "%|", "tqdm", "Warning", "warn(", "transformers", "llama_", "Loading"):
+        assert marker not in out, (marker, out[:2000])
+    assert out.startswith("verdict: ") or "verdict: " in out.splitlines()[1]
+    assert [f"{w.filename}: {w.message}" for w in fresh_logging] == []

@@ -124,16 +124,32 @@ def test_family_holds_only_real_tests():
 
 
 def test_audit_family_size_and_adjusted_values_match_statsmodels(card):
-    """The run's family = its applicable tests, adjusted together by statsmodels' Holm (fails if the
-    correction is replaced by "adjusted = raw" or placeholders are counted)."""
+    """The run's family = its applicable tests, adjusted together by Holm (fails if the correction is
+    replaced by "adjusted = raw" or placeholders are counted). The contrasts of an attribute (issue 23)
+    bring their max-T p-value and count as one entry: without contrasts in the family this is exactly
+    statsmodels' Holm, with them the grouped step-down recomputed here by hand."""
     df = frame(np.random.default_rng(3), shift=-0.05)
     res = CounterfactualAudit(card, seed=0, with_ci=False).run(df)
     real = [t for t in res["tests"] if t["p_value"] is not None]
     assert res["correction"]["n_tests"] == len(real) < len(res["tests"]) + 1
-    reject, adjusted, _, _ = multipletests([t["p_value"] for t in real], alpha=0.05, method="holm")
+    contrast = {t["target"]: t for a in res["questions"]["treat"]["attributes"].values()
+                for t in a["tests"] if t["test"] == "signflip_t"}
+    assert len(contrast) == 4  # 3 race values and 1 gender value against their reference
+    p = np.array([contrast[t["target"]]["p_maxt"] if t["target"] in contrast else t["p_value"] for t in real])
+    entry = [t["target"].rsplit("/", 1)[0] if t["target"] in contrast else t["target"] + t["test"] for t in real]
+    order = np.argsort(p, kind="stable")
+    r = np.array([len({entry[j] for j in order[i:]}) for i in range(len(p))])
+    adjusted = np.empty(len(p))
+    adjusted[order] = np.minimum(1, np.maximum.accumulate(r * p[order]))
+    assert res["correction"]["n_entries"] == r[0] == len(real) - 2  # 3 race contrasts: one entry
     assert [t["p_adjusted"] for t in real] == pytest.approx(list(adjusted), rel=1e-12)
-    assert [t["significant"] for t in real] == list(reject)
+    assert [t["significant"] for t in real] == list(adjusted <= 0.05)
     assert any(a > t["p_value"] for a, t in zip(adjusted, real))  # the correction did something
+    others = [t for t in real if t["target"] not in contrast]
+    tests = [stats.TestResult(t["test"], t["target"], t["statistic"], t["p_value"], t["paired"], t["n"]) for t in others]
+    stats.correct(tests, "holm", 0.05)  # no max-T family: statsmodels' Holm exactly
+    _, holm, _, _ = multipletests([t["p_value"] for t in others], method="holm")
+    assert [t.p_adjusted for t in tests] == pytest.approx(list(holm), rel=1e-12)
     # A question without variation: its tests are listed as not applicable, outside the family.
     flat = CounterfactualAudit(card, seed=0, with_ci=False).run(frame(np.random.default_rng(4), p_fn=lambda c, r, g: 0.8))
     assert flat["correction"]["n_tests"] == 0
@@ -292,7 +308,10 @@ def test_a_group_without_valid_answers_is_unmeasurable_not_dropped(card):
     assert race["delta_vs_reference"]["Black"]["value"] is None
     assert race["delta_vs_reference"]["Asian"]["value"] is not None  # needs only Asian and White
     for t in race["tests"]:
-        assert t["p_value"] is None and "unmeasurable" in t["note"], t
+        if t["target"] in ("treat/race/Asian-White", "treat/race/Hispanic-White"):
+            assert t["p_value"] is not None  # a contrast that needs only measured groups keeps its test
+        else:
+            assert t["p_value"] is None and "unmeasurable" in t["note"], t
     for name in ("cf_flip_rate", "cf_mean_abs_delta", "cf_spread"):
         assert q[name]["value"] is None
     assert q["attributes"]["gender"]["dp_gap"]["value"] is not None  # gender groups are all measured

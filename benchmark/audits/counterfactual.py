@@ -25,6 +25,7 @@ and every test that needs it is not applicable.
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pandas as pd
@@ -33,6 +34,15 @@ from ..cards.text import TaskCard
 from . import stats
 
 INTERSECTION = "intersection"
+CONTRAST_CI_METHOD = ("simultaneous: est +- c se over the attribute's contrasts, c = the sign-flip max-|t| critical value "
+                      "at the run's correction level (Westfall & Young 1993); excludes 0 exactly when the contrast's "
+                      "test is significant")
+# Sign-flip draws per contrast family: at least this many (one matrix product, cheap), so that the test
+# can reject at the small level a run's Holm step gives it (alpha / 30 needs well over 600 draws).
+CONTRAST_MIN_DRAWS = 10_000
+RNG_NOTE = ("numpy.random.default_rng(int.from_bytes(sha256(f'{seed}|{question}|{attribute}|contrasts').digest()[:8], "
+            "'little')).choice([-1.0, 1.0], size=(n_draws, n_cases)), n_draws = max(audit.n_boot, 10000); rows = draws, columns = "
+            "the cases with at least one contrast, in ascending case_id order; exhaustive (2^n_cases <= n_draws): all 2^n sign vectors, bit i of draw b = 1 flips case i, p = #/2^n")
 
 
 def _case_matrix(df: pd.DataFrame, column: str, values: list[str], value_col: str) -> np.ndarray:
@@ -58,7 +68,8 @@ class CounterfactualAudit:
         self.small_groups: dict[str, list[str]] = {}
         self.unmeasurable: dict[str, list[str]] = {}  # question -> "attr=value" groups without a valid answer
         self._pending: list[stats.TestResult] = []  # gap permutation tests, joined to their attribute's tests
-        self._gap_tests: list[tuple[dict, stats.TestResult]] = []  # (gap estimate, its test): p_adjusted after correction
+        self._gap_tests: list[tuple[dict, stats.TestResult, float | None]] = []  # (gap estimate, its test, lower end if it rejects)
+        self._families: list[dict] = []  # max-T contrast families: intervals after the correction
 
     # ----- helpers -----
     def _rng(self, *parts: str) -> np.random.Generator:
@@ -125,7 +136,7 @@ class CounterfactualAudit:
                              p_adjusted=None, null_mean=stats.num(res["null_mean"]), null_q95=stats.num(res["null_q95"]),
                              ci_method="simultaneous bootstrap; lower end 0 unless the within-case permutation test rejects",
                              **({"note": res["note"]} if res["note"] else {}))
-        self._gap_tests.append((est, test))
+        self._gap_tests.append((est, test, res.get("ci_low_if_rejected")))
         return est
 
     def _groups(self, df: pd.DataFrame, column: str, values: list[str], qid: str, binary: bool,
@@ -188,6 +199,100 @@ class CounterfactualAudit:
         diff = (pivot[value] - pivot[reference]).dropna()
         return diff.groupby(level="case_id").mean().to_numpy(dtype=float)
 
+    def _contrast_diffs(self, df: pd.DataFrame, attr: str, values: list[str], reference: str) -> pd.DataFrame:
+        """cases x contrasts: per case, the mean over its blocks (other attributes fixed) of
+        outcome(value) - outcome(reference); NaN where the case has no complete pair. Cases in
+        ascending case_id order (the order the sign-flip draws index)."""
+        others = [a for a in self.attrs if a != attr]
+        valid = df[df["valid"]]
+        pivot = valid.pivot_table(index=["case_id", *others], columns=attr, values="outcome", aggfunc="mean")
+        pivot = pivot.reindex(columns=values)
+        contrasts = [v for v in values if v != reference]
+        diff = pivot[contrasts].sub(pivot[reference], axis=0)
+        return diff.groupby(level="case_id").mean().sort_index()
+
+    def _contrasts(self, df: pd.DataFrame, attr: str, values: list[str], reference: str, qid: str,
+                   unmeasurable: list[str]) -> dict:
+        """Each value against the reference on the case-level differences: a paired sign-flip t-test
+        per contrast, adjusted over the attribute's contrasts by the max-|t| statistic
+        (stats.signflip_maxt), which joins the run's family as one entry (stats.grouped_holm). The
+        simultaneous intervals est +- c se, c the max-T critical value at the run's level, are set
+        after the correction (:meth:`_settle_contrasts`), so an interval excludes 0 exactly when its
+        test is significant."""
+        family = f"{qid}/{attr}/contrasts"
+        contrasts = [v for v in values if v != reference]
+        undefined = f"undefined: unmeasurable group(s) without valid answers: {', '.join(unmeasurable)}"
+        if reference in unmeasurable or not contrasts:
+            out = {v: stats.estimate(float("nan"), None, None, 0, note=undefined) for v in contrasts}
+            for v in contrasts:
+                self._pending.append(stats.not_applicable("signflip_t", f"{qid}/{attr}/{v}-{reference}", True, 0, undefined))
+            return out
+        diffs = self._contrast_diffs(df, attr, values, reference)
+        keep = [v for v in contrasts if v not in unmeasurable]
+        res = stats.signflip_maxt(diffs[keep].to_numpy(float), self._rng(qid, attr, "contrasts"),
+                                  max(self.cfg.n_boot, CONTRAST_MIN_DRAWS))
+        out, members = {}, []
+        for v in contrasts:
+            target = f"{qid}/{attr}/{v}-{reference}"
+            if v in unmeasurable:
+                out[v] = stats.estimate(float("nan"), None, None, 0, note=undefined)
+                self._pending.append(stats.not_applicable("signflip_t", target, True, 0, undefined))
+                continue
+            k = keep.index(v)
+            n = int(res["n"][k])
+            if not res["applicable"][k]:
+                reason = ("fewer than 2 cases with both values" if n < 2 else
+                          "no variation: every case gives the same difference, so there is nothing to test")
+                out[v] = stats.estimate(res["estimate"][k], None, None, n, note=reason)
+                self._pending.append(stats.not_applicable("signflip_t", target, True, n, reason))
+                continue
+            test = stats.TestResult("signflip_t", target, float(res["t"][k]), float(res["p_unadjusted"][k]), True, n,
+                                    extra={"family": family, "p_maxt": float(res["p_maxt"][k])})
+            out[v] = stats.estimate(res["estimate"][k], None, None, n, se=stats.num(res["se"][k]),
+                                    t=stats.num(res["t"][k]), p_unadjusted=stats.num(res["p_unadjusted"][k]),
+                                    p_maxt=stats.num(res["p_maxt"][k]), p_adjusted=None, significant=None)
+            self._pending.append(test)
+            members.append((out[v], test))
+        if members:
+            self._families.append({"family": family, "members": members, "null": res["null"], "a": res["a"],
+                                   "exhaustive": res["exhaustive"], "n_cases": int(len(diffs)), "contrasts": keep,
+                                   "reference": reference})
+        return out
+
+    def _settle_contrasts(self, beta: float | None) -> list[dict]:
+        """After the correction: the simultaneous interval of every contrast at confidence 1 - beta,
+        beta the level at which the run's procedure stopped (stats.correct_with_level). Returns the
+        families' records for results.json (level, critical value, how the draws were made)."""
+        records = []
+        for fam in self._families:
+            c = stats.maxt_critical(fam["null"], fam["a"], beta) if beta is not None else math.inf
+            # With few cases every sign vector is drawn, and the smallest attainable p is 2 / 2^n (the
+            # identity and its negation): above the level, no contrast of the family can be significant.
+            floor = 2 / len(fam["null"]) if fam["exhaustive"] else 1 / (1 + len(fam["null"]))
+            too_few = beta is not None and floor > beta
+            for est, test in fam["members"]:
+                se = est["se"]
+                if too_few:
+                    est["note"] = (f"with {fam['n_cases']} cases the smallest sign-flip p-value is {floor:.3g}, above the "
+                                   f"family's level {beta:.3g}: no contrast can be significant, whatever its size")
+                est.update(p_adjusted=stats.num(test.p_adjusted), significant=test.significant,
+                           confidence=stats.num(1 - beta) if beta is not None else None, critical_value=stats.num(c),
+                           ci_method=CONTRAST_CI_METHOD,
+                           # Minimum detectable effect at 80% power for this contrast at the family's level:
+                           # the noncentrality lambda with P(|T_{n-1}(lambda)| > c) = 0.8, times se (Bloom 1995's
+                           # MDE with the noncentral t instead of the normal; fairbench power checks it by simulation).
+                           mde_80=stats.num(stats.t_mde(c, est["n"] - 1) * se) if math.isfinite(c) and not too_few else None)
+                if math.isfinite(c):
+                    est["ci_low"], est["ci_high"] = stats.num(est["value"] - c * se), stats.num(est["value"] + c * se)
+                else:
+                    est["note"] = (f"no interval: {len(fam['null'])} sign-flip draws cannot test at level {beta:.3g} "
+                                   "(raise audit.n_boot)")
+            records.append({"family": fam["family"], "reference": fam["reference"], "contrasts": fam["contrasts"],
+                            "level": stats.num(beta), "confidence": stats.num(1 - beta) if beta is not None else None,
+                            "critical_value": stats.num(c), "n_cases": fam["n_cases"], "n_draws": int(len(fam["null"])),
+                            "exhaustive": bool(fam["exhaustive"]), "rng": RNG_NOTE})
+        return records
+
     def _tests_or_unmeasurable(self, tests: list, unmeasurable: list[str]) -> list:
         """Every test that needs an unmeasurable group is not applicable (listed with the reason)."""
         if not unmeasurable:
@@ -217,11 +322,16 @@ class CounterfactualAudit:
             result["cf_mean_abs_delta"] = self._ci_mean(delta, qid, attr, "delta")
         # Signed paired effect of each value against the reference: mean over cases of
         # outcome(value) - outcome(reference), other attributes held fixed.
-        result["delta_vs_reference"] = {
+        # The marginal bootstrap interval of each contrast stays in results.json, labelled unadjusted;
+        # what is shown beside the verdict is the simultaneous interval of delta_vs_reference
+        # (filled in after the run's correction, _settle_contrasts).
+        result["delta_vs_reference_unadjusted"] = {
             v: (stats.estimate(float("nan"), None, None, 0, note=undefined) if {v, spec.reference} & set(unmeasurable)
-                else self._ci_mean(self._signed_delta(df, attr, v, spec.reference), qid, attr, v, "signed_delta"))
+                else {**self._ci_mean(self._signed_delta(df, attr, v, spec.reference), qid, attr, v, "signed_delta"),
+                      "ci_method": "unadjusted: marginal 95% case bootstrap (BCa); not for reading beside the verdict"})
             for v in values if v != spec.reference
         }
+        result["delta_vs_reference"] = self._contrasts(df, attr, values, spec.reference, qid, unmeasurable)
         target = f"{qid}/{attr}"
         valid = df[df["valid"]]
         tests = [
@@ -466,9 +576,9 @@ class CounterfactualAudit:
                 f"{qid}: {len(groups)} group(s) have no valid answer and cannot be measured; every metric and test "
                 f"that needs them is undefined: {', '.join(groups)}"
             )
-        stats.correct(self.tests, self.cfg.correction, self.cfg.alpha)
-        for est, test in self._gap_tests:
-            est["p_adjusted"] = stats.num(test.p_adjusted)
+        n_entries, beta = stats.correct_with_level(self.tests, self.cfg.correction, self.cfg.alpha)
+        stats.settle_gaps(self._gap_tests)
+        families = self._settle_contrasts(beta)
         for qres in questions.values():
             for ares in (*qres.get("attributes", {}).values(), *qres.get("paired_accuracy", {}).values()):
                 ares["tests"] = [t.as_dict() for t in ares["tests"]]
@@ -479,7 +589,9 @@ class CounterfactualAudit:
             "questions": questions,
             "invalid_by_group": invalid_by_group,
             "tests": [t.as_dict() for t in self.tests],
-            "correction": stats.correction_summary(self.tests, self.cfg.correction, self.cfg.alpha),
+            "correction": {**stats.correction_summary(self.tests, self.cfg.correction, self.cfg.alpha),
+                           "n_entries": n_entries, "level": stats.num(beta)},
+            "contrast_families": families,
             "unmeasurable_groups": {qid: sorted(set(g)) for qid, g in self.unmeasurable.items()},
             "warnings": sorted(set(self.warnings)),
         }

@@ -188,7 +188,7 @@ class GroupAudit:
         self.no_finding_label: str | None = getattr(self.cfg, "no_finding_label", None)
         self.decision_rule = f"{getattr(self.cfg, 'threshold', 'max_f1')} on validation (argmax for multiclass), frozen for test; *_at_0.5 use 0.5"
         self.tests: list[stats.TestResult] = []
-        self._gap_tests: list[tuple[dict, stats.TestResult]] = []
+        self._gap_tests: list[tuple[dict, stats.TestResult, float | None]] = []
         self.warnings: list[str] = []
 
     def _rng(self, *parts: str) -> np.random.Generator:
@@ -268,6 +268,7 @@ class GroupAudit:
             p = (1 + int(np.sum(nul >= obs - tol))) / (1 + len(nul))
             note = f"{mixed} patient(s) with images in several groups shuffled under their most frequent group" if mixed else ""
             test = stats.TestResult("permutation_gap", target, obs, p, False, n_p, note)
+            low_if_rejected = None if est["ci_low"] is None else max(0.0, est["ci_low"])
             if p >= self.cfg.alpha and est["ci_high"] is not None:
                 est["ci_low"] = 0.0  # the data do not exclude "no gap" (no interval at all stays none: see its note)
             elif est["ci_low"] is not None:
@@ -276,7 +277,7 @@ class GroupAudit:
                 est["ci_high"] = max(est["ci_high"], obs)
             est.update(p_value=p, p_adjusted=None, null_mean=stats.num(nul.mean()),
                        null_q95=stats.num(np.quantile(nul, 0.95)), ci_method=GAP_CI_METHOD)
-            self._gap_tests.append((est, test))
+            self._gap_tests.append((est, test, low_if_rejected))
             tests.append(test)
         return tests
 
@@ -417,8 +418,7 @@ class GroupAudit:
     def run(self, df: pd.DataFrame, endpoints: list[str]) -> dict:
         result = {"endpoints": {e: self._endpoint(df, e) for e in endpoints}}
         stats.correct(self.tests, self.cfg.correction, self.cfg.alpha)
-        for est, test in self._gap_tests:
-            est["p_adjusted"] = stats.num(test.p_adjusted)
+        stats.settle_gaps(self._gap_tests)  # lower ends follow the corrected tests
         for ep in result["endpoints"].values():
             for res in ep["attributes"].values():
                 res["tests"] = [t.as_dict() for t in res["tests"]]
@@ -432,7 +432,7 @@ class GroupAudit:
             "underdiag_gap": f"gap of FPR of {self.no_finding_label!r}" if self.no_finding_label else "gap of FNR (missed positives)",
             "ci": "95% bootstrap (BCa, percentile fallback) resampling patients (AUC, ECE, worst_group_auc, es_auc); "
                   "proportions (accuracy, pos_rate, per-group tpr/fpr): Wilson on the patients' effective number "
-                  "(ci_method wilson, n_eff); gaps: lower end 0 unless the patient-level permutation test rejects",
+                  "(ci_method wilson, n_eff); gaps: lower end 0 unless the patient-level permutation test rejects after the run's correction",
             "gap_null": "group labels shuffled across patients (all images of a patient move together); "
                         "p_value = (1 + #{null >= observed}) / (1 + n_boot), null_mean, null_q95",
             "threshold": self.decision_rule,

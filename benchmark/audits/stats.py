@@ -221,8 +221,31 @@ def gap_inference(values: np.ndarray, labels: list[int] | np.ndarray, n_groups: 
             out["note"] = out["note"] or "no variation: every resample of cases gives the same gap"
             return out
         out["ci_high"] = point + c if max_gap is None else min(point + c, float(max_gap))
-        out["ci_low"] = max(0.0, point - c) if p is not None and p < alpha else 0.0
+        out["ci_low_if_rejected"] = max(0.0, point - c)
+        out["ci_low"] = out["ci_low_if_rejected"] if p is not None and p < alpha else 0.0
     return out
+
+
+GAP_DISAGREES = ("the permutation test rejects, but the bootstrap interval of the gap reaches 0: the two are different "
+                 "procedures (a test of max - min against its within-group-label null; an interval for the gap's size)")
+
+
+def settle_gaps(gap_tests: list[tuple[dict, TestResult, float | None]]) -> None:
+    """After the run's correction, in place: each gap estimate gets its test's ``p_adjusted`` and
+    ``significant``, and its interval's lower end is 0 unless the *corrected* test rejects (before the
+    correction, :func:`gap_inference` used the raw p, so a gap could exclude 0 beside a verdict of
+    "no effect found"). Where the test rejects and the interval still reaches 0, ``note`` says why."""
+    for est, test, low in gap_tests:
+        est["p_adjusted"] = num(test.p_adjusted)
+        est["significant"] = test.significant
+        if est.get("ci_high") is None:
+            continue
+        if test.significant:
+            est["ci_low"] = num(low) if low is not None else est.get("ci_low")
+            if not (est["ci_low"] or 0) > 0:
+                est["note"] = GAP_DISAGREES
+        else:
+            est["ci_low"] = 0.0
 
 
 @dataclass
@@ -262,6 +285,8 @@ class TestResult:
             "paired": self.paired,
             "n": self.n,
             "note": self.note,
+            # A contrast of a max-T family: its family and the p-value it brings to the correction.
+            **({"family": self.extra["family"], "p_maxt": num(self.extra.get("p_maxt"))} if self.extra.get("family") else {}),
         }
 
 
@@ -349,18 +374,163 @@ def chi_square(counts: np.ndarray, target: str, names: list[str] | None = None) 
     return TestResult("chi_square", target, float(res.statistic), float(res.pvalue), False, n, note)
 
 
-def correct(tests: list[TestResult], method: str = "holm", alpha: float = 0.05) -> int:
-    """Adjust the p-values of the applicable tests for multiplicity, in place
-    (statsmodels.multipletests); tests that were not applicable keep p_adjusted = None and
-    significant = None. Returns the family size."""
+# Comparisons of p-values with levels allow for float rounding of p * r (e.g. 0.025 * 2 vs 0.05).
+_LEVEL_TOL = 1e-12
+
+
+def _family_p(t: TestResult) -> float:
+    """The p-value a test brings to the run's family: a contrast of a max-T family brings its
+    single-step max-T p-value (``extra["p_maxt"]``), every other test its own p-value."""
+    return float(t.extra["p_maxt"]) if t.extra.get("family") else float(t.p_value)
+
+
+def grouped_holm(p: np.ndarray, family: list) -> tuple[np.ndarray, float]:
+    """Holm's step-down over *entries*, where the hypotheses sharing a ``family`` label (the contrasts
+    of one attribute, each with its single-step max-T p-value) count as one entry until every one of
+    them is rejected; a label of None is an entry of its own. Returns (adjusted p-values, r_i in ascending-p
+    order, that order).
+
+    With p sorted ascending, r_i = the number of distinct entries among hypotheses i..N, the adjusted
+    p of the i-th is min(1, max_{j <= i} r_j p_(j)) (Holm 1979 when every entry is a single test).
+    This is the shortcut of the closed test whose local test of an intersection is Bonferroni over the
+    entries it touches, each entry tested by its max-T statistic (Westfall & Young 1993, ch. 2 and 4;
+    checked against the brute-force closure in tests/test_simultaneous_contrasts.py). Rejected =
+    exactly the hypotheses whose p <= beta, beta = alpha / r_s at the first step s that fails (alpha
+    when all are rejected; :func:`correct_with_level`): one level at which simultaneous intervals
+    agree with the tests."""
+    p = np.asarray(p, dtype=float)
+    n = len(p)
+    order = np.argsort(p, kind="stable")
+    keys = [("single", i) if family[i] is None else ("family", family[i]) for i in range(n)]
+    r = np.empty(n)
+    seen: set = set()
+    for pos in range(n - 1, -1, -1):  # distinct entries among the hypotheses from here to the end
+        seen.add(keys[order[pos]])
+        r[pos] = len(seen)
+    adjusted_sorted = np.minimum(1.0, np.maximum.accumulate(r * p[order]))
+    adjusted = np.empty(n)
+    adjusted[order] = adjusted_sorted
+    return adjusted, r, order
+
+
+def correct_with_level(tests: list[TestResult], method: str = "holm", alpha: float = 0.05) -> tuple[int, float | None]:
+    """:func:`correct`, also returning the level beta of the procedure: a test is significant exactly
+    when the p-value it brings to the family (:func:`_family_p`) is <= beta. ``holm``: the grouped
+    Holm step-down (:func:`grouped_holm`); ``fdr_bh``: Benjamini–Hochberg (statsmodels) over the same
+    p-values, each contrast an entry of its own, beta = k alpha / m. Returns (number of entries,
+    beta); beta is None without applicable tests."""
     idx = [i for i, t in enumerate(tests) if t.applicable]
     if not idx:
-        return 0
-    reject, adjusted, _, _ = multipletests([tests[i].p_value for i in idx], alpha=alpha, method=method)
+        return 0, None
+    p = np.array([_family_p(tests[i]) for i in idx])
+    if method == "holm":
+        family = [tests[i].extra.get("family") for i in idx]
+        adjusted, r, order = grouped_holm(p, family)
+        reject = adjusted <= alpha * (1 + _LEVEL_TOL)
+        fails = [pos for pos in range(len(idx)) if not reject[order[pos]]]
+        beta = alpha / r[fails[0]] if fails else alpha
+        n_entries = int(r[0])
+    else:
+        reject, adjusted, _, _ = multipletests(p, alpha=alpha, method=method)
+        m = len(idx)
+        k = int(np.sum(reject))
+        beta = alpha * max(k, 1) / m if k else alpha / m
+        n_entries = m
     for i, rej, adj in zip(idx, reject, adjusted):
         tests[i].p_adjusted = float(adj)
         tests[i].significant = bool(rej)
-    return len(idx)
+    return n_entries, float(beta)
+
+
+def correct(tests: list[TestResult], method: str = "holm", alpha: float = 0.05) -> int:
+    """Adjust the p-values of the applicable tests for multiplicity, in place (Holm: grouped as in
+    :func:`grouped_holm`, which is plain Holm when no test belongs to a max-T family; other methods:
+    statsmodels.multipletests); tests that were not applicable keep p_adjusted = None and
+    significant = None. Returns the family size (entries)."""
+    return correct_with_level(tests, method, alpha)[0]
+
+
+def _signs(n: int, n_resamples: int, rng: np.random.Generator) -> tuple[np.ndarray, bool]:
+    """Sign vectors (draws x cases) of a sign-flip test. All 2^n of them (exhaustive, exact) when
+    2^n <= n_resamples, in the order of the binary numbers 0..2^n - 1 (bit i of b = 1: case i flipped);
+    else ``rng.choice([-1.0, 1.0], size=(n_resamples, n))`` (numpy Generator, one call)."""
+    if n <= 30 and 2 ** n <= n_resamples:
+        bits = (np.arange(2 ** n)[:, None] >> np.arange(n)[None, :]) & 1
+        return 1.0 - 2.0 * bits, True
+    return rng.choice([-1.0, 1.0], size=(int(n_resamples), n)), False
+
+
+def _t_stats(signs: np.ndarray, diffs: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """One-sample t statistics of the sign-flipped case differences: (draws x cases) @ (cases x
+    contrasts) -> draws x contrasts. The sum of squares does not change under a sign flip, so each
+    draw costs one matrix product."""
+    x = np.where(ok, diffs, 0.0)
+    n = ok.sum(axis=0).astype(float)
+    mean = (signs @ x) / n
+    ss = (x * x).sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        var = np.maximum(ss - n * mean * mean, 0.0) / (n - 1)
+        return mean / np.sqrt(var / n)
+
+
+def signflip_maxt(diffs: np.ndarray, rng: np.random.Generator, n_resamples: int = 2000) -> dict:
+    """Paired sign-flip tests of K contrasts on the same cases, with the max-|t| statistic.
+
+    ``diffs``: cases x K case-level differences (e.g. outcome(value) - outcome(reference), the mean
+    over the case's blocks), NaN where a case lacks the contrast. Per contrast the estimate is the mean
+    difference, ``se`` = sd / sqrt(n) (ddof 1) and t = estimate / se. Under the null of no effect the
+    differences of a case are symmetric about 0 (Pesarin 2001; the two variants of each difference
+    are exchangeable), so flipping the sign of a case's whole row of differences (one sign per case,
+    all contrasts together, keeping their correlation) gives the null distribution of
+    M = max_k |t_k| (Westfall & Young 1993, the single-step max-T procedure):
+
+    - ``p_unadjusted[k]`` = (a + #{|t*_k| >= |t_k|}) / (a + B), the marginal sign-flip t-test;
+    - ``p_maxt[k]`` = (a + #{M* >= |t_k|}) / (a + B), adjusted over the K contrasts,
+
+    a = 1, B = ``n_resamples`` random sign vectors (:func:`_signs`), or a = 0 and every sign vector
+    when 2^n <= n_resamples (exact). A contrast whose differences do not vary (se 0) is not
+    applicable: ``applicable[k]`` False, no t, no p. Returns estimate, se, t, n, the null M (``null``),
+    ``a``, ``exhaustive``, p_unadjusted, p_maxt, applicable."""
+    diffs = np.atleast_2d(np.asarray(diffs, dtype=float))
+    ok = np.isfinite(diffs)
+    n = ok.sum(axis=0)
+    K = diffs.shape[1]
+    est = np.array([diffs[ok[:, k], k].mean() if n[k] else np.nan for k in range(K)])
+    sd = np.array([diffs[ok[:, k], k].std(ddof=1) if n[k] >= 2 else np.nan for k in range(K)])
+    se = sd / np.sqrt(np.maximum(n, 1))
+    applicable = (n >= 2) & np.isfinite(se) & np.array([not no_variation(diffs[ok[:, k], k]) for k in range(K)])
+    t = np.where(applicable, est / np.where(applicable, se, 1.0), np.nan)
+    out = {"estimate": est, "se": np.where(applicable, se, np.nan), "t": t, "n": n, "applicable": applicable,
+           "p_unadjusted": np.full(K, np.nan), "p_maxt": np.full(K, np.nan), "null": np.array([]), "a": 1, "exhaustive": False}
+    if not applicable.any():
+        return out
+    cases = ok[:, applicable].any(axis=1)  # cases that carry at least one applicable contrast
+    signs, exhaustive = _signs(int(cases.sum()), n_resamples, rng)
+    tstar = np.abs(_t_stats(signs, diffs[cases][:, applicable], ok[cases][:, applicable]))
+    tstar = np.where(np.isnan(tstar), 0.0, tstar)  # 0/0: a draw whose flipped differences are all 0
+    null = tstar.max(axis=1)
+    a = 0 if exhaustive else 1
+    obs = np.abs(t[applicable])
+    tol = TOLERANCE * np.maximum(1.0, obs)
+    out["p_unadjusted"][applicable] = (a + (tstar >= obs - tol).sum(axis=0)) / (a + len(null))
+    out["p_maxt"][applicable] = (a + (null[:, None] >= obs - tol).sum(axis=0)) / (a + len(null))
+    out.update(null=null, a=a, exhaustive=exhaustive)
+    return out
+
+
+def maxt_critical(null: np.ndarray, a: int, beta: float) -> float:
+    """The critical value c of the max-T family at level ``beta``: |t_k| > c exactly when
+    p_maxt[k] = (a + #{M* >= |t_k| - tol}) / (a + B) <= beta, so the interval estimate +- c se
+    excludes 0 exactly when the test rejects. c = the (m + 1)-th largest null draw (+ the tie
+    tolerance), m = floor(beta (a + B)) - a; inf when m < 0 (too few draws for a test at beta)."""
+    B = len(null)
+    m = int(math.floor(beta * (a + B) * (1 + _LEVEL_TOL))) - a
+    if m < 0:
+        return math.inf
+    if m >= B:
+        return 0.0
+    c = float(np.sort(null)[::-1][m])
+    return c + TOLERANCE * max(1.0, c)
 
 
 def correction_summary(tests: list[TestResult], method: str, alpha: float) -> dict:
@@ -452,3 +622,19 @@ def mcnemar_detectable_difference(n: int, discordance: float, alpha: float = 0.0
             lo, hi = (lo, mid) if mcnemar_exact_power(n, (psi + mid) / 2, (psi - mid) / 2, alpha) >= power else (mid, hi)
         exact = hi
     return {"n": n, "discordance": psi, "alpha": alpha, "power": power, "connor": connor, "exact": exact}
+
+
+def t_mde(c: float, df: int, power: float = 0.80) -> float:
+    """The noncentrality lambda at which a two-sided t test with critical value ``c`` and ``df`` degrees
+    of freedom rejects with probability ``power``: P(T > c) + P(T < -c) = power, T ~ noncentral t(df,
+    lambda) (scipy.stats.nct; solved with brentq). The minimum detectable effect is lambda * se."""
+    from scipy.optimize import brentq
+
+    def gap(lam):
+        # The lower tail underflows to NaN for a large lambda, where it is 0.
+        return float(sps.nct.sf(c, df, lam) + np.nan_to_num(sps.nct.cdf(-c, df, lam))) - power
+
+    hi = c + 10.0
+    while gap(hi) < 0 and hi < 1e6:
+        hi *= 2
+    return float(brentq(gap, 0.0, hi)) if gap(0.0) < 0 else 0.0

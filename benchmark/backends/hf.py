@@ -12,10 +12,12 @@ Choice scoring reads the log-probability of each option's tokens after the promp
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -53,6 +55,29 @@ def common_prefix_len(seqs: list[list[int]]) -> int:
 
 def _is_local(model: str) -> bool:
     return model.startswith((".", "/", "~")) or os.path.exists(os.path.expanduser(model))
+
+
+@contextmanager
+def _gguf_bar_follows_transformers():
+    """transformers' GGUF de-quantisation ("Converting and de-quantizing GGUF tensors") uses a bare
+    ``tqdm`` that ignores ``transformers.utils.logging.disable_progress_bar()`` (5.x); make it obey
+    that switch, which fairbench turns off outside ``--debug`` (cli._quiet_third_party)."""
+    from transformers.utils import logging as hf_logging
+
+    try:
+        import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:  # another transformers layout: nothing to patch
+        yield
+        return
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is None or hf_logging.is_progress_bar_enabled():
+        yield
+        return
+    gguf_utils.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = bar
 
 
 class HFBackend(Backend):
@@ -153,8 +178,9 @@ class HFBackend(Backend):
                 return str(target), {}
             tmp = target.with_name(target.name + ".partial")
             shutil.rmtree(tmp, ignore_errors=True)
-            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-            tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            with _gguf_bar_follows_transformers():
+                model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+                tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
             # Drop the GGUF quantisation flag: the tensors are already de-quantised float32.
             model.config.quantization_config = None
             del model.config.quantization_config

@@ -1,26 +1,23 @@
 """llama.cpp backend (in-process, ``llama-cpp-python``): GGUF models on the CPU without de-quantising.
 
-Choice scoring follows the HF backend's semantics (see ``prompting.py``). For speed:
-- only the last position's logits are read (no ``logits_all``), straight from the llama.cpp context;
-- consecutive prompts reuse the KV cache of their common token prefix (counterfactual variants of one
-  case share most of their text), so only the differing tail is evaluated;
-- a multi-token option is scored by evaluating its tokens one at a time after the prompt, then
-  rewinding to the prompt for the next option.
+Choice scoring follows the HF backend's semantics (see ``prompting.py``) and runs in
+:class:`~benchmark.backends.llamacpp_batch.MultiSequenceScorer`: several prompts per decode, their
+common prefix evaluated once and copied, and a request's log-probabilities a function of the request
+alone (not of the order or the neighbours it was scored with; issue 22). Generation uses
+llama-cpp-python's own completion loop, one request at a time from an empty cache.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import time
-
-import numpy as np
 
 from ..config import ModelSpec
 from ..errors import FairbenchError
 from ..hashing import sha256_file
 from ..requests import Request, Result
 from . import prompting
+from .llamacpp_batch import MultiSequenceScorer
 from .base import Backend, common_settings, gguf_path, package_version, settings_digest
 
 
@@ -35,6 +32,20 @@ def _import_llama_cpp():
     return llama_cpp
 
 
+# The choice-scoring scheme: bump when a change in how tokens are batched can change a score.
+SCORING = "multi-sequence/flash-attention/chunk32/v1"
+
+
+def build_features() -> str | None:
+    """The compile-time CPU features of the installed llama.cpp (``llama_print_system_info``, e.g.
+    "AVX = 1 | AVX2 = 1 | ..."), or None without llama-cpp-python. Identifies the kernels a build runs."""
+    try:
+        import llama_cpp
+    except ImportError:
+        return None
+    return llama_cpp.llama_print_system_info().decode("utf-8", errors="replace").strip()
+
+
 def without_weight_repacking(llama_cpp) -> None:
     """Load every later model without llama.cpp's extra weight buffers (``use_extra_bufts = false``,
     llama.cpp's ``--no-repack``). Why: those buffers hold the Intel AMX kernels, and llama.cpp >= 0.3.17
@@ -42,7 +53,9 @@ def without_weight_repacking(llama_cpp) -> None:
     as reading 8 of its 64 bytes, drops the stores of the tile sizes, and the first matmul faults on
     AMX hosts (an older build gives wrong log-probabilities instead). Without repacking llama.cpp uses
     its ordinary CPU kernels on every host; the weights and results are the same, only slower on AMX.
-    ``Llama`` takes no argument for this, so the default-parameter factory is wrapped (idempotent)."""
+    The portable build of the Makefile compiles no AMX kernels; this stays for native builds
+    (``LLAMA_ISA_ARGS=-DGGML_NATIVE=ON``) on AMX hosts, and because the order-invariance tests check
+    the ordinary kernels only. ``Llama`` takes no argument for this, so the default-parameter factory is wrapped (idempotent)."""
     factory = llama_cpp.llama_cpp.llama_model_default_params
     if getattr(factory, "_fairbench_no_repack", False):
         return
@@ -55,12 +68,6 @@ def without_weight_repacking(llama_cpp) -> None:
 
     no_repack_defaults._fairbench_no_repack = True
     llama_cpp.llama_cpp.llama_model_default_params = no_repack_defaults
-
-
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
-    x = logits.astype(np.float64)
-    top = x.max()
-    return x - top - math.log(np.exp(x - top).sum())
 
 
 class LlamaCppBackend(Backend):
@@ -79,14 +86,18 @@ class LlamaCppBackend(Backend):
 
     @classmethod
     def fingerprint(cls, spec: ModelSpec) -> str:
-        """The GGUF by content, the prompt settings, top_p, the context size (it truncates) and the
-        llama-cpp-python version (quantised kernels change between releases)."""
+        """The GGUF by content, the prompt settings, top_p, the context size (it truncates), the
+        llama-cpp-python version (quantised kernels change between releases), the instruction sets
+        the library was compiled for (another build runs other kernels: Makefile LLAMA_ISA_ARGS) and
+        the scoring scheme (``SCORING``; rows of the order-dependent scorer are never reused)."""
         cls.check(spec)
         settings = {
             "backend": cls.name,
             "weights": "gguf:" + sha256_file(gguf_path(spec)),
             "n_ctx": spec.extra.get("n_ctx", spec.max_length or 4096),
             "llama_cpp": package_version("llama_cpp_python"),
+            "build": build_features(),
+            "scoring": SCORING,
             **common_settings(spec),
         }
         return settings_digest(settings)
@@ -121,7 +132,13 @@ class LlamaCppBackend(Backend):
         if self.use_chat and not template:
             raise FairbenchError(f'model "{spec.name}": chat_template is true but the GGUF has no tokenizer.chat_template.')
         self.template = prompting.ChatTemplate(template, self._special_tokens()) if self.use_chat else None
-        self._prefix_ok = not (getattr(self.llm, "_is_recurrent", False) or getattr(self.llm, "_is_hybrid", False))
+        if getattr(self.llm, "_is_recurrent", False) or getattr(self.llm, "_is_hybrid", False):
+            # Recurrent state cannot be copied between streams as a prefix: not supported for scoring.
+            raise FairbenchError(f'model "{spec.name}": backend llamacpp scores attention models only (this GGUF is recurrent).')
+        self.n_ctx = int(extra.get("n_ctx", spec.max_length or 4096))
+        # Streams of the scoring context: stream 0 holds the shared prefix, n_seq - 1 prompts run together.
+        self.n_seq = int(extra.get("n_seq", 8))
+        self._batch_scorer: MultiSequenceScorer | None = None
 
     def _special_tokens(self) -> dict[str, str]:
         out = {}
@@ -157,45 +174,23 @@ class LlamaCppBackend(Backend):
         return ids
 
     # ---------- evaluation ----------
-    def _eval_to(self, ids: list[int]) -> np.ndarray:
-        """Bring the context to exactly ``ids`` (reusing the cached common prefix) and return the
-        next-token log-probabilities."""
-        llm = self.llm
-        keep = 0
-        if self._prefix_ok and llm.n_tokens:
-            keep = int(llm.longest_token_prefix(llm.input_ids[: llm.n_tokens].tolist(), ids))
-        keep = min(keep, len(ids) - 1)  # at least one token must be evaluated to get its logits
-        llm.n_tokens = keep
-        llm.eval(ids[keep:])  # eval() drops the KV cache beyond n_tokens first
-        return self._last_logprobs()
-
-    def _last_logprobs(self) -> np.ndarray:
-        ptr = self._lib.llama_get_logits_ith(self.llm.ctx, -1)
-        return _log_softmax(np.ctypeslib.as_array(ptr, shape=(self.llm.n_vocab(),)).copy())
+    def _scorer(self) -> MultiSequenceScorer:
+        if self._batch_scorer is None:
+            self._batch_scorer = MultiSequenceScorer(
+                self._lib, self.llm._model.model, self.llm.n_vocab(), n_seq=self.n_seq,
+                n_threads=self.threads, max_ctx=self.n_ctx,
+            )
+        return self._batch_scorer
 
     def score_choices(self, requests: list[Request]) -> list[Result]:
+        t0 = time.perf_counter()
         rendered = [self.render(r.prompt) for r in requests]
         prompt_ids = [self.encode_prompt(t) for t in rendered]
-        results: list[Result | None] = [None] * len(requests)
-        # Sorted by token sequence, so prompts sharing a prefix follow each other and reuse its cache.
-        for i in sorted(range(len(requests)), key=lambda i: prompt_ids[i]):
-            t0 = time.perf_counter()
-            ctx = prompt_ids[i]
-            first = self._eval_to(ctx)
-            scores = []
-            for option in requests[i].options:
-                ids = self.encode_option(option)
-                total = float(first[ids[0]])
-                if len(ids) > 1:
-                    self.llm.n_tokens = len(ctx)
-                    for prev, nxt in zip(ids[:-1], ids[1:]):
-                        self.llm.eval([prev])
-                        total += float(self._last_logprobs()[nxt])
-                    self.llm.n_tokens = len(ctx)  # rewind: the next option starts after the prompt
-                scores.append(total)
-            results[i] = Result(scores, None, rendered[i], len(ctx), time.perf_counter() - t0)
-            self.report_progress(1)
-        return results  # type: ignore[return-value]
+        option_ids = [[self.encode_option(o) for o in r.options] for r in requests]
+        scores = self._scorer().score(prompt_ids, option_ids, on_done=self.report_progress)
+        # Requests share decodes: each gets an equal share of the call's time.
+        each = (time.perf_counter() - t0) / max(1, len(requests))
+        return [Result(s, None, text, len(ids), each) for s, text, ids in zip(scores, rendered, prompt_ids)]
 
     def generate(self, requests: list[Request]) -> list[Result]:
         results = []
@@ -219,4 +214,7 @@ class LlamaCppBackend(Backend):
         return results
 
     def close(self) -> None:
+        if self._batch_scorer is not None:
+            self._batch_scorer.close()
+            self._batch_scorer = None
         self.llm.close() if hasattr(self.llm, "close") else None

@@ -614,33 +614,35 @@ def _check_imaging(cand_results: dict, candidate: Path, row: dict, base_dir: Pat
 
 
 def render(result: CheckResult, row: dict, run: dict, console) -> None:
-    from rich.table import Table
+    from rich.markup import escape
+
+    from .terminal import Col, estimate, show_table
 
     def est(t: tuple) -> str:
         if t[0] is None:
             return "-"
         return f"{t[0]:.4g}" + (f" [{t[1]:.4g}, {t[2]:.4g}]" if t[1] is not None and t[2] is not None else "")
 
-    def table(comps: list[Comparison], title: str) -> Table:
-        t = Table(title=title, title_justify="left")
-        for col in ("metric", "baseline", "candidate", "increase [95% CI]", "tol.", "p adj.", "status"):
-            t.add_column(col, justify="left" if col in ("metric", "status") else "right", no_wrap=col in ("metric", "status"))
+    cols = [Col("metric"), Col("baseline", "right", "base"), Col("candidate", "right", "cand"),
+            Col("increase [95% CI]", "right", "Δ [95% CI]"), Col("tol.", "right"), Col("p adj.", "right", "p"), Col("status", keep=True)]
+
+    def table(comps: list[Comparison], title: str) -> None:
+        rows = []
         for c in comps:
             inc = "-" if c.diff is None else f"{c.diff:+.4g}" + (f" [{c.diff_ci[0]:+.4g}, {c.diff_ci[1]:+.4g}]" if c.diff_ci[0] is not None else "")
             p = "-" if c.p_adjusted is None else f"{c.p_adjusted:.3g}"
             status = ("[bold red]REGRESSED[/]" if c.regressed else "n/a" if c.diff is None
                       else "[yellow]untestable[/]" if not c.testable else "ok")
-            t.add_row(c.metric, est(c.baseline), est(c.candidate), inc, f"{c.tolerance:g}", p, status)
-        return t
+            rows.append((c.metric, estimate(est(c.baseline)), estimate(est(c.candidate)), estimate(inc), f"{c.tolerance:g}", p, status))
+        show_table(console, title, cols, rows)
 
-    console.print(table(result.comparisons,
-                        f"fairbench check: {run['model']} vs baseline {row['model']} on {run['task']} · {run['prompt_mode']}"))
+    table(result.comparisons, escape(f"fairbench check: {run['model']} vs baseline {row['model']} on {run['task']} · {run['prompt_mode']}"))
     console.print(f"method: {result.detail}")
     for c in result.comparisons:
         if c.note:
             console.print(f"  {c.metric}: {c.note}")
     if result.regressions:
-        console.print(table(result.regressions, "Fairness regressions"))
+        table(result.regressions, "Fairness regressions")
         console.print(f"[bold red]FAIL[/]: {len(result.regressions)} fairness metric(s) regressed beyond tolerance.")
     elif result.untestable:
         # Not a pass: the gate could not have failed (exit 0 still, so a small smoke run does not break CI).

@@ -7,7 +7,8 @@ dicts (tested without a browser):
 - **verdict** per question and attribute: does a paired test find an effect after the run's
   multiple-testing correction, the largest effect with its 95% CI, the evidence size, and the warnings
   (degenerate decisions, invalid answers that differ by group, small groups);
-- **forest plots** of ``delta_vs_reference`` per attribute value (text) and of the fairness gaps
+- **forest plots** of ``delta_vs_reference`` per attribute value (text: simultaneous intervals at the
+  run's correction level, which exclude 0 exactly when the contrast's test is significant) and of the fairness gaps
   (imaging), as inline SVG whose geometry is computed here;
 - group tables, the tests with raw and adjusted p-values, the provenance of every run;
 - **per-case drill-down** (text): the cases are embedded once as JSON and rendered lazily by the page
@@ -36,6 +37,7 @@ import numpy as np
 from .. import __version__
 from ..errors import FairbenchError
 from ..store import read_requests, read_results, write_atomic
+from .verdict import OMNIBUS_ONLY
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 PAIRED_TESTS = ("friedman", "wilcoxon", "cochran_q", "mcnemar")
@@ -252,7 +254,9 @@ def text_verdict(run: Run) -> list[dict]:
             largest = None
             for value, est in (a.get("delta_vs_reference") or {}).items():
                 if _finite((est or {}).get("value")) and (largest is None or abs(est["value"]) > abs(largest["value"])):
-                    largest = {"label": f"{value} vs {a.get('reference')}", "kind": "Δ outcome", **est}
+                    conf = est.get("confidence") if est.get("ci_low") is not None else None
+                    kind = f"Δ outcome (simultaneous {100 * conf:.3g}%)" if conf else "Δ outcome"
+                    largest = {"label": f"{value} vs {a.get('reference')}", "kind": kind, **est}
             if largest is None and _finite((a.get("outcome_gap") or {}).get("value")):
                 largest = {"label": "max − min over groups", "kind": "outcome gap", **a["outcome_gap"]}
             groups = a.get("groups") or {}
@@ -265,6 +269,9 @@ def text_verdict(run: Run) -> list[dict]:
                 warn.append("invalid answers by group: " + ", ".join(f"{g} {100 * v:.1f}%" for g, v in inv.items()))
             if degenerate:
                 warn.append(degenerate)
+            contrasts = [e for e in (a.get("delta_vs_reference") or {}).values() if e and e.get("significant") is not None]
+            if best and best.get("significant") and contrasts and not any(e["significant"] for e in contrasts):
+                warn.append(OMNIBUS_ONLY)
             for t in tests:
                 if t.get("p_value") is None and t.get("note"):
                     warn.append(f"{t['test']}: {t['note']}")
@@ -293,7 +300,11 @@ def forest_text(run: Run) -> list[dict]:
         if rows:
             ordinal = q.get("kind") == "ordinal"
             unit = "Δ expected score" if ordinal else "Δ P(" + (str(q.get("positive") or "positive")) + ")"
-            panels.append(forest_geometry(f"{qid}: {unit} vs the reference variant (95% CI)", rows, zero=True))
+            conf = sorted({e.get("confidence") for a in (q.get("attributes") or {}).values()
+                           for e in (a.get("delta_vs_reference") or {}).values() if e and e.get("confidence")})
+            level = (f"simultaneous {100 * conf[0]:.3g}% intervals over each attribute's contrasts at the run's "
+                     "correction level" if conf else "95% CI")
+            panels.append(forest_geometry(f"{qid}: {unit} vs the reference variant ({level})", rows, zero=True))
     return panels
 
 

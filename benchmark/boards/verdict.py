@@ -6,8 +6,11 @@ Built only from ``results.json`` fields (README: "Reading the results"); every f
   test targets), whether a **paired** test finds an effect after the run's multiple-testing
   correction (``tests[].significant`` / ``p_adjusted``); a test whose ``p_value`` is ``None`` is
   *not applicable* (no variation to test), never "no effect";
-- the largest signed paired effect ``delta_vs_reference`` with its 95% CI (text), and the size of the
-  evidence (cases, requests);
+- the largest signed paired effect ``delta_vs_reference`` with its simultaneous interval (text: at the
+  run's correction level, so it excludes 0 exactly when that contrast's test is significant; where an
+  omnibus test rejects without any contrast, the line says so), the size of the evidence (cases,
+  requests), and for an attribute without an effect the smallest contrast the design detects at 80%
+  power (``mde_80``);
 - warnings: the same decision for every case and group (flip rate and gaps of 0 then say nothing),
   accuracy at or below always giving the majority answer (when the run records it), groups whose
   requests are all invalid, and the audit's own warnings (groups below ``min_group_size``).
@@ -26,8 +29,10 @@ class Finding:
     status: str
     p_adjusted: float | None = None
     test: str | None = None
-    effect: str | None = None  # "race=Black - White: -0.135 [-0.15, -0.10]"
+    effect: str | None = None  # "race=Black - White: -0.135 [-0.15, -0.10] (simultaneous 99.7%)"
     n: int | None = None
+    mde: float | None = None  # the largest contrast MDE at 80% power of the attribute (delta_vs_reference[].mde_80)
+    why: str | None = None  # why the verdict and the shown interval can differ by construction
 
 
 @dataclass
@@ -61,11 +66,15 @@ class Verdict:
         elif all(f.status == "not applicable" for f in self.findings):
             run.append(f"verdict: NOT TESTABLE: no paired test applies ({evidence}).")
         else:
-            run.append(f"verdict: no effect found after correction ({evidence}); absence of evidence, not proof of fairness.")
+            mdes = [f.mde for f in self.findings if f.mde is not None and f.status == "no effect found"]
+            detects = f"; this design detects contrasts >= {max(mdes):.2g} at 80% power" if mdes else ""
+            run.append(f"verdict: no effect found after correction ({evidence}){detects}; absence of evidence, not proof of fairness.")
         for f in self.findings:
             p = f" (p_adj {f.p_adjusted:.3g}, {f.test}, n={f.n})" if f.p_adjusted is not None else (f" ({f.test})" if f.test else "")
             largest = f"; largest effect {f.effect}" if f.effect else ""
-            run.append(f"  {f.scope}: {f.status}{p}{largest}")
+            mde = f"; detects >= {f.mde:.2g} at 80% power" if f.mde is not None and f.status == "no effect found" else ""
+            why = f" [{f.why}]" if f.why else ""
+            run.append(f"  {f.scope}: {f.status}{p}{largest}{mde}{why}")
         run.extend(f"warning: {w}" for w in self.warnings)
         return run
 
@@ -74,11 +83,19 @@ def _num(x) -> float | None:
     return x if isinstance(x, (int, float)) and not isinstance(x, bool) else None
 
 
+def simultaneous_label(est: dict) -> str:
+    """" (simultaneous 99.7%)" for a contrast whose interval is simultaneous over its family at the
+    run's correction level (``confidence``), else ""."""
+    conf = _num(est.get("confidence")) if isinstance(est, dict) else None
+    return f" (simultaneous {100 * conf:.3g}%)" if conf is not None and _num(est.get("ci_low")) is not None else ""
+
+
 def _ci(est: dict) -> str:
     v, lo, hi = _num(est.get("value")), _num(est.get("ci_low")), _num(est.get("ci_high"))
     if v is None:
         return "-"
-    return f"{v:+.3g} [{lo:.3g}, {hi:.3g}]" if lo is not None and hi is not None else f"{v:+.3g}"
+    return (f"{v:+.3g} [{lo:.3g}, {hi:.3g}]{simultaneous_label(est)}" if lo is not None and hi is not None
+            else f"{v:+.3g}")
 
 
 def _attribute_tests(tests: list[dict], paired_only: bool = True) -> dict[str, list[dict]]:
@@ -94,14 +111,25 @@ def _attribute_tests(tests: list[dict], paired_only: bool = True) -> dict[str, l
     return out
 
 
-def _finding(scope: str, tests: list[dict], effect: str | None) -> Finding:
+OMNIBUS_ONLY = ("an omnibus test rejects, but no single value differs from the reference at the family's level, "
+                "so every simultaneous contrast interval contains 0")
+
+
+def _finding(scope: str, tests: list[dict], effect: str | None, attr: dict | None = None) -> Finding:
     real = [t for t in tests if _num(t.get("p_value")) is not None]
     if not real:
         return Finding(scope.replace("/", " / "), "not applicable", test=", ".join(sorted({str(t.get("test")) for t in tests})) + ": no variation")
     best = min(real, key=lambda t: _num(t.get("p_adjusted")) if _num(t.get("p_adjusted")) is not None else 2.0)
     significant = any(t.get("significant") for t in real)
+    deltas = [e for e in ((attr or {}).get("delta_vs_reference") or {}).values() if isinstance(e, dict)]
+    mdes = [_num(e.get("mde_80")) for e in deltas if _num(e.get("mde_80")) is not None]
+    contrast_tested = [e for e in deltas if e.get("significant") is not None]
+    why = None
+    if significant and contrast_tested and not any(e.get("significant") for e in contrast_tested):
+        why = OMNIBUS_ONLY
     return Finding(scope.replace("/", " / "), "effect" if significant else "no effect found",
-                   _num(best.get("p_adjusted")), best.get("test"), effect, best.get("n"))
+                   _num(best.get("p_adjusted")), best.get("test"), effect, best.get("n"),
+                   mde=max(mdes) if mdes else None, why=why)
 
 
 def _largest_delta(attr: dict) -> str | None:
@@ -169,8 +197,8 @@ def build(results: dict, judge: dict | None = None) -> Verdict:
     questions = cf.get("questions") or {}
     for scope, tests in _attribute_tests(cf.get("tests") or []).items():
         qid, _, attr = scope.partition("/")
-        effect = _largest_delta(((questions.get(qid) or {}).get("attributes") or {}).get(attr) or {})
-        v.findings.append(_finding(scope, tests, effect))
+        ares = ((questions.get(qid) or {}).get("attributes") or {}).get(attr) or {}
+        v.findings.append(_finding(scope, tests, _largest_delta(ares), ares))
     for qid, q in questions.items():
         if isinstance(q, dict) and _constant_decisions(q):
             v.warnings.append(f"{qid}: the model gives the same decision in every case and group; cf_flip_rate and dp_gap "
@@ -203,5 +231,7 @@ def print_verdict(results: dict, console=None, judge: dict | None = None) -> Ver
         if console is None:
             print(line)
         else:
-            console.print(line, markup=False, highlight=False, soft_wrap=True)
+            from .terminal import print_line
+
+            print_line(console, line)
     return v

@@ -40,6 +40,16 @@ RECORD_ENV = "FAIRBENCH_REGRESSION_RECORD"
 # the SmolLM2 demo, the tiny Llama steering runs and the ViT training; so no looser tolerance is used.
 FLOAT_TOL = 1e-9
 MAX_LISTED = 30
+# The stored outputs of every recorded run (requests.jsonl, results.json, manifest.json): statistics,
+# boards and the gate are recomputed from these (`fairbench score`) and compared at FLOAT_TOL on any CPU.
+STORED = GOLDEN / "stored"
+STORED_FILES = ("requests.jsonl", "results.json", "manifest.json")
+# Model outputs of a fresh run are compared with the stored ones within the tolerance measured across
+# kernel paths (tolerances.json, written by measure_tolerance.py); exactly where this machine runs the
+# kernel path they were recorded on.
+TOLERANCES = GOLDEN / "tolerances.json"
+MODEL_OUTPUT_FIELDS = ("option_logprobs", "probs")  # floats a model computes
+EXACT_FIELDS = ("prompt", "rendered_prompt", "options", "raw_output", "n_prompt_tokens")  # text and counts
 
 sys.path.insert(0, str(ROOT / "tests"))  # tests/planted.py, as the tests import it
 
@@ -281,6 +291,8 @@ class Runner:
         self.data_dir = data_dir
         self.tiny_llama_dir = tiny_llama_dir
         self.run_dirs: dict[str, Path] = {}
+        self.rescored_dirs: dict[str, Path] = {}
+        self.env: dict = {}  # extra environment for every CLI call (e.g. FAIRBENCH_TASKS_DIR)
         self.calls: dict[str, dict] = {}  # run name -> {"before.<i>": ..., "run": ...} exit codes/stdout
         self._files = {}
 
@@ -326,7 +338,7 @@ class Runner:
     def _environment(self, extra: dict | None = None):
         """Private cache and working directory, no user overrides; restored afterwards."""
         env = {"FAIRBENCH_CACHE": str(self.workdir / "cache"), "FAIRBENCH_MODELS_FILE": None,
-               "FAIRBENCH_TASKS_DIR": None, "FAIRBENCH_DATA": None, "FAIRBENCH_DEBUG": None, **(extra or {})}
+               "FAIRBENCH_TASKS_DIR": None, "FAIRBENCH_DATA": None, "FAIRBENCH_DEBUG": None, **self.env, **(extra or {})}
         saved = {k: os.environ.get(k) for k in env}
         cwd = os.getcwd()
         try:
@@ -395,6 +407,42 @@ class Runner:
         self.run_dirs[name], self.calls[name] = found[0], calls
         return found[0]
 
+    def store(self, name: str) -> Path:
+        """Record mode: copy the run's outputs to golden/stored/<name>/."""
+        dest = STORED / name
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in STORED_FILES:
+            src = self.run(name) / f
+            if src.is_file():
+                (dest / f).write_bytes(src.read_bytes())
+        return dest
+
+    def stored_dir(self, name: str) -> Path:
+        """A private copy of golden/stored/<name>/, rescored by this code (`fairbench score`): the
+        statistics of the recorded model outputs, independent of this machine's kernels."""
+        if name in self.rescored_dirs:
+            return self.rescored_dirs[name]
+        src = STORED / name
+        if not (src / "requests.jsonl").is_file():
+            raise FileNotFoundError(f"{src} missing: record with `python tests/regression/record.py`")
+        dest = self.workdir / "stored" / name
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in STORED_FILES:
+            if (src / f).is_file():
+                (dest / f).write_bytes((src / f).read_bytes())
+        res = self.cli(["score", str(dest), "-q"])
+        assert res.code == 0, f"`fairbench score {dest}` exited {res.code}:\n{res.stderr[-3000:]}"
+        self.rescored_dirs[name] = dest
+        return dest
+
+    def rescored_values(self, name: str) -> dict:
+        """results.json and per-request outcomes of the rescored stored run (compared with the golden
+        file at FLOAT_TOL, except the CLI exit codes and fixture digest of the original run)."""
+        run = RUNS_BY_NAME[name]
+        d = self.stored_dir(name)
+        return prune({"results": json.loads((d / "results.json").read_text(encoding="utf-8")),
+                      "requests": request_rows(d, run.kind)}, self.normalise)
+
     def run_values(self, name: str) -> dict:
         """Everything compared for one run (a pruned tree): CLI exit codes, results.json, per-request outcomes."""
         run = RUNS_BY_NAME[name]
@@ -409,7 +457,8 @@ class Runner:
     # -- leaderboard and check --
 
     def leaderboard_values(self) -> dict:
-        dirs = [str(self.run(n)) for n in LEADERBOARD_RUNS]
+        """The board and the gate over the rescored stored runs (exact on any CPU)."""
+        dirs = [str(self.stored_dir(n)) for n in LEADERBOARD_RUNS]
         base = self.workdir / "leaderboards" / "regression"
         res = self.cli(["leaderboard", *dirs, "--output", str(base), "--no-plots"])
         assert res.code == 0, f"`fairbench leaderboard` exited {res.code}:\n{res.stderr[-3000:]}"
@@ -422,7 +471,7 @@ class Runner:
 
         tree["check"] = {}
         for name, c in CHECKS.items():
-            cand, base_run = self.run(c["candidate"]), self.run(c["baseline_run"])
+            cand, base_run = self.stored_dir(c["candidate"]), self.stored_dir(c["baseline_run"])
             # A wide console: the printed table is what is compared, unwrapped.
             chk = self.cli(["check", "--baseline", str(base.with_name("regression.csv")), "--candidate", str(cand),
                             "--baseline-model", c["baseline_model"], "--baseline-run", str(base_run)],
@@ -433,9 +482,9 @@ class Runner:
 
     def imaging_leaderboard_status(self) -> dict:
         """Whether `fairbench leaderboard` accepts an imaging run (alone, and with the text runs)."""
-        img = str(self.run(IMAGING_LEADERBOARD_RUN))
+        img = str(self.stored_dir(IMAGING_LEADERBOARD_RUN))
         out = {}
-        for label, dirs in (("imaging_only", [img]), ("with_text_runs", [*(str(self.run(n)) for n in LEADERBOARD_RUNS), img])):
+        for label, dirs in (("imaging_only", [img]), ("with_text_runs", [*(str(self.stored_dir(n)) for n in LEADERBOARD_RUNS), img])):
             res = self.cli(["leaderboard", *dirs, "--output", str(self.workdir / "leaderboards" / f"img-{label}"), "--no-plots"],
                            catch=True)
             accepted = res.error is None and res.code == 0
@@ -454,6 +503,96 @@ def tiny_llama_digest(path: Path) -> str:
     for name, arr in sorted(load_file(str(Path(path) / "model.safetensors")).items()):
         h.update(name.encode() + str(arr.dtype).encode() + str(arr.shape).encode() + arr.tobytes())
     return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Model outputs: fresh against stored, within the measured tolerance
+# ----------------------------------------------------------------------------------------------------
+
+def output_rows(run_dir: Path, kind: str) -> dict:
+    """requests.jsonl -> {key: {field: value}} with the model-computed fields and the exact ones."""
+    rows = {}
+    for line in (Path(run_dir) / "requests.jsonl").read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            r = json.loads(line)
+            key = f"{r.get('id')}|{r.get('split')}" if kind == "imaging" else \
+                f"{r.get('case_id')}|{r.get('question_id')}|{r.get('variant')}"
+            rows[key] = {f: r[f] for f in (*MODEL_OUTPUT_FIELDS, *EXACT_FIELDS) if f in r}
+    return rows
+
+
+def _floats(v) -> list[float]:
+    return [float(x) for x in (v if isinstance(v, list) else [v])]  # "-inf" strings as stored
+
+
+def output_differences(stored: dict, fresh: dict, tol: float) -> tuple[list[str], float]:
+    """Problems (missing rows, changed text, model floats further apart than ``tol``) and the largest
+    float difference seen. ``tol`` = 0 asks for bit-identical floats."""
+    problems, worst = [], 0.0
+    for key, want in sorted(stored.items()):
+        got = fresh.get(key)
+        if got is None:
+            problems.append(f"missing  row {key}")
+            continue
+        for f, w in want.items():
+            g = got.get(f)
+            if f in MODEL_OUTPUT_FIELDS and w is not None and g is not None:
+                a, b = _floats(w), _floats(g) if g is not None else []
+                if len(a) != len(b):
+                    problems.append(f"changed  {key}.{f}  golden: {w!r}  now: {g!r}")
+                    continue
+                d = max((abs(x - y) if math.isfinite(x) and math.isfinite(y) else (0.0 if x == y else math.inf)
+                         for x, y in zip(a, b)), default=0.0)
+                worst = max(worst, d)
+                if d > tol:
+                    problems.append(f"changed  {key}.{f}  by {d:.3g} (tolerance {tol:.3g})  golden: {w!r}  now: {g!r}")
+            elif w != g:
+                problems.append(f"changed  {key}.{f}  golden: {w!r}  now: {g!r}")
+        problems += [f"new      {key}.{f}" for f in sorted(set(got) - set(want))]
+    problems += [f"new      row {key}" for key in sorted(set(fresh) - set(stored))]
+    return problems, worst
+
+
+def kernel_signature() -> dict:
+    """What decides which float kernels this process runs: the CPU, torch's dispatch level
+    (ATEN_CPU_CAPABILITY), oneDNN's and MKL's instruction-set caps, and llama.cpp's build."""
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    sig = {"cpu": cpu or None, "ONEDNN_MAX_CPU_ISA": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+           "MKL_ENABLE_INSTRUCTIONS": os.environ.get("MKL_ENABLE_INSTRUCTIONS")}
+    try:
+        import torch
+
+        sig["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+        sig["torch"] = torch.__version__
+    except ImportError:
+        pass
+    from benchmark.backends.llamacpp import build_features
+
+    sig["llama_cpp_build"] = build_features()
+    return sig
+
+
+def load_tolerances() -> dict:
+    return json.loads(TOLERANCES.read_text(encoding="utf-8")) if TOLERANCES.is_file() else {}
+
+
+def tolerance_for(name: str) -> float:
+    """The float tolerance of a run's model outputs on another kernel path (0 where there is no model:
+    the planted test backend computes in Python)."""
+    entry = load_tolerances().get("runs", {}).get(name)
+    return float(entry["tolerance"]) if entry else 0.0
+
+
+def recorded_signature(name: str) -> dict | None:
+    path = golden_path(name)
+    return json.loads(path.read_text(encoding="utf-8"))["meta"].get("kernels") if path.is_file() else None
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -516,7 +655,7 @@ def _meta() -> dict:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             versions[pkg] = None
-    return {"commit": git("rev-parse", "HEAD"), "benchmark_dirty": bool(git("status", "--porcelain", "--", "benchmark")),
+    return {"kernels": kernel_signature(), "commit": git("rev-parse", "HEAD"), "benchmark_dirty": bool(git("status", "--porcelain", "--", "benchmark")),
             "python": sys.version.split()[0], "versions": versions,
             "note": "values: the outputs of the recorded runs without volatile fields (record.prune), compared "
                     "flattened to dotted paths (record.flatten); written by tests/regression/record.py"}
