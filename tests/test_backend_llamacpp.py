@@ -8,6 +8,8 @@ import json
 import random
 
 import pytest
+
+pytestmark = pytest.mark.numerics  # model floats: rerun under the AVX2 emulation (Makefile NUMERICS_ENV)
 from llamacpp_support import require_llama_cpp
 
 from benchmark.cli import main

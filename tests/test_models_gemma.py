@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.numerics  # model floats: rerun under the AVX2 emulation (Makefile NUMERICS_ENV)
+
 from benchmark.config import load_models
 from benchmark.errors import FairbenchError
 from benchmark.requests import Request
