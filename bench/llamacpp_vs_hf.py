@@ -32,13 +32,15 @@ from benchmark.cards import load_task
 
 def unique_tokens(sequences: list[list[int]]) -> list[int]:
     """The tokens of the prefix trie of ``sequences`` (each shared prefix counted once)."""
-    seen, out = set(), []
+    root: dict = {}
+    out = []
     for seq in sequences:
-        for i in range(len(seq)):
-            key = tuple(seq[: i + 1])
-            if key not in seen:
-                seen.add(key)
-                out.append(seq[i])
+        node = root
+        for tok in seq:
+            if tok not in node:
+                node[tok] = {}
+                out.append(tok)
+            node = node[tok]
     return out
 
 
