@@ -103,15 +103,16 @@ def test_llamacpp_reports_each_wave_and_each_generation():
     from benchmark.backends.llamacpp import LlamaCppBackend
     from benchmark.config import load_models
 
-    backend = LlamaCppBackend(load_models().get("smollm2-135m-llamacpp"))
+    spec = load_models().get("smollm2-135m-llamacpp")
     calls: list[int] = []
-    backend.on_progress = calls.append
-    try:
-        backend.score_choices(_requests("choice")[:3])
-        backend.n_seq = 2  # one prompt per wave: a report per request
-        backend._batch_scorer = None
-        backend.score_choices(_requests("choice")[:3])
-        backend.generate(_requests("generate")[:2])
-    finally:
-        backend.close()
+    # extra.n_seq: 8 streams (7 prompts per wave), then 2 (one prompt per wave: a report per request).
+    for n_seq, requests in ((8, _requests("choice")[:3]), (2, _requests("choice")[:3])):
+        backend = LlamaCppBackend(spec.model_copy(update={"extra": {**spec.extra, "n_seq": n_seq}}))
+        backend.on_progress = calls.append
+        try:
+            backend.score_choices(requests)
+            if n_seq == 2:
+                backend.generate(_requests("generate")[:2])
+        finally:
+            backend.close()
     assert calls == [3, 1, 1, 1, 1, 1]
