@@ -9,10 +9,10 @@ llama-cpp-python's own completion loop, one request at a time from an empty cach
 
 from __future__ import annotations
 
-import os
 import time
 
 from ..config import ModelSpec
+from ..device import idle_cpu_threads
 from ..errors import FairbenchError
 from ..hashing import sha256_file
 from ..requests import Request, Result
@@ -108,11 +108,10 @@ class LlamaCppBackend(Backend):
         self.check(spec)
         self._lib = llama_cpp
         extra = spec.extra
-        # llama.cpp's OpenMP workers spin-wait at every barrier. torch loads the same libgomp first,
-        # so OMP_WAIT_POLICY cannot be changed here; on an oversubscribed CPU (this project's shared
-        # 2 cores) 2 spinning threads took 24 s for a 57-token prompt, 1 thread 1.5 s. Default: leave
-        # one core free; set extra.n_threads to override.
-        threads = int(extra.get("n_threads") or max(1, (os.cpu_count() or 2) - 1))
+        # llama.cpp's OpenMP workers spin-wait at every barrier, and torch loads the same libgomp first, so
+        # OMP_WAIT_POLICY cannot be changed here: the default is the cores left idle (device.idle_cpu_threads);
+        # extra.n_threads overrides it.
+        threads = int(extra.get("n_threads") or idle_cpu_threads())
         t0 = time.perf_counter()
         without_weight_repacking(llama_cpp)
         self.llm = llama_cpp.Llama(

@@ -30,9 +30,10 @@ option per round, all prompts of the wave together, and rewound with ``llama_mem
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
+
+from ..device import idle_cpu_threads
 
 # Tokens per stream per decode: below the flash-attention tile (64 queries), so no decode of ours ever
 # takes the tiled kernel; 32 keeps a decode of 8 streams at 256 tokens.
@@ -73,7 +74,7 @@ class MultiSequenceScorer:
         self.model = model
         self.n_vocab = n_vocab
         self.n_seq = n_seq
-        self.n_threads = n_threads or max(1, (os.cpu_count() or 2) - 1)
+        self.n_threads = n_threads or idle_cpu_threads()
         self.max_ctx = max_ctx
         self.ctx = None
         self.mem = None
