@@ -133,6 +133,7 @@ def run(
     sample: Optional[int] = typer.Option(None, "--sample", min=1, help="Text tasks: use N cases drawn at random, seeded by --seed (the same N cases for every model)."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seed of data shuffles, sampling and training (0 to 2^63-1)."),
     seeds: int = typer.Option(1, "--seeds", min=1, help="Run seeds SEED..SEED+N-1; write mean ± CI and paired tests across seeds."),
+    label_fraction: Optional[str] = typer.Option(None, "--label-fraction", metavar="F[,F...]", help="Imaging tasks, trained models: train on a seeded, stratified (label x primary attribute) share F in (0, 1] of the train split, same val/test; a comma-separated list runs each fraction (docs/label-budget.md)."),
     output_dir: Path = typer.Option(Path("runs"), "--output-dir", "-o", help="Where run directories are written."),
     temperature: Optional[float] = typer.Option(None, "--temperature", help="Sampling temperature >= 0 for generation modes (default: the model entry's generation.temperature; 0 = greedy)."),
     shard: Optional[str] = typer.Option(None, "--shard", metavar="I/N", help="Compute only shard I of N of the requests (deterministic); shards share the run directory."),
@@ -144,11 +145,9 @@ def run(
     tasks_dir: Optional[Path] = TasksDir,
     data_dir: Optional[Path] = DataDir,
 ) -> None:
-    from .api import Results, evaluate_grid, split_list
-    from .boards.terminal import print_results
-    from .boards.verdict import print_verdict
-    from .engine import make_progress
+    from .api import _spec, split_list
     from .shard import parse_shard
+    from .spec import check_fraction
 
     models, tasks, modes = split_list(model), split_list(task), split_list(prompt_mode)
     if model_args is not None and len(models) > 1:
@@ -156,6 +155,25 @@ def run(
     options = dict(seed=seed, limit=limit, sample=sample, output_dir=output_dir, models_file=models_file, tasks_dir=tasks_dir, data_dir=data_dir,
                    temperature=temperature, shard=parse_shard(shard), cases_from=cases_from, cache_dir=cache_dir,
                    use_cache=not no_cache, model_args=model_args, argv=list(sys.argv))
+    fractions = [None] if label_fraction is None else list(dict.fromkeys(check_fraction(f) for f in split_list(label_fraction)))
+    if len(fractions) > 1:  # every fraction resolves first: an empty stratum at 0.01 fails before 0.5 trains
+        from .engine import plan
+
+        for fraction in fractions:
+            for m in models:
+                for t in tasks:
+                    for pm in modes:
+                        plan(_spec(m, t, prompt_mode=pm, **{**options, "label_fraction": fraction}))
+    for fraction in fractions:  # each label fraction is a run (or a --seeds N set) of its own
+        _run_cells(models, tasks, modes, seeds, quiet, shard, {**options, "label_fraction": fraction})
+
+
+def _run_cells(models, tasks, modes, seeds, quiet, shard, options) -> None:
+    from .api import Results, evaluate_grid
+    from .boards.terminal import print_results
+    from .boards.verdict import print_verdict
+    from .engine import make_progress
+
     grid = len(models) * len(tasks) * len(modes) > 1
     if seeds != 1:
         from .api import _spec
@@ -267,10 +285,23 @@ def leaderboard(
     from .boards.seeds import is_seeds_dir
 
     if run_dirs and all(is_seeds_dir(d) for d in run_dirs):  # `run --seeds N` summaries: mean ± CI, paired tests
+        from .boards.budget import is_budget
         from .boards.seeds import write
 
         if reference is None:
             raise FairbenchError("multi-seed leaderboards need --reference MODEL (the row every model is paired-tested against).")
+        if is_budget(run_dirs):  # summaries of `run --label-fraction F --seeds N`: the label-budget board
+            from .boards import budget
+
+            if control:
+                raise FairbenchError("--control: the label-budget board pairs each mitigation with --reference at the same "
+                                     "label fraction; drop --control.")
+            if html:
+                raise FairbenchError("--html: the label-budget board is Markdown, CSV and a figure; drop --html.")
+            for path in budget.write(run_dirs, output, reference, plots=not no_plots,
+                                     command="fairbench " + " ".join(sys.argv[1:])).values():
+                print(path)
+            return
         from .boards.seeds import parse_controls
 
         written = write(run_dirs, output, reference, plots=not no_plots, controls=parse_controls(control))

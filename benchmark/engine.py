@@ -233,6 +233,7 @@ def run(spec: RunSpec, quiet: bool = False, pool: BackendPool | None = None, pro
             "seed": spec.seed,
             "limit": spec.limit,
             "sample": spec.sample,
+            "label_fraction": spec.label_fraction,
             "temperature": spec.temperature,
             "started_at": t_start,
         }
@@ -273,6 +274,7 @@ def run(spec: RunSpec, quiet: bool = False, pool: BackendPool | None = None, pro
             "seed": spec.seed,
             "limit": spec.limit,
             "sample": spec.sample,
+            **({"label_fraction": spec.label_fraction} if spec.label_fraction is not None else {}),
             "model_fingerprint": fingerprint,
             **prep.run_info,
         }

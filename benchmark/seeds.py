@@ -158,6 +158,7 @@ def summarize(results: list[dict], run_dirs: list[Path]) -> dict:
         "task": results[0]["run"]["task"],
         "prompt_mode": results[0]["run"].get("prompt_mode"),
         "seeds": [r["run"]["seed"] for r in results],
+        **({"label_fraction": results[0]["run"]["label_fraction"]} if results[0]["run"].get("label_fraction") is not None else {}),
         "runs": [str(d) for d in run_dirs],
         "metrics": {k: mean_ci(v, (0.0, 1.0) if UNIT_INTERVAL.search(k) else None) for k, v in _values(results).items()},
         "tests": [_as_dict(t) for t in tests],
@@ -197,6 +198,8 @@ def run_seeds(spec, n: int, quiet: bool = False) -> tuple[Path, dict]:
         name += f"__limit{spec.limit}"
     if getattr(spec, "sample", None) is not None:
         name += f"__sample{spec.sample}"
+    if getattr(spec, "label_fraction", None) is not None:
+        name += f"__frac{spec.label_fraction!r}"
     out = Path(spec.output_dir) / name
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "summary.json", dumps(summary))

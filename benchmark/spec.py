@@ -15,6 +15,19 @@ SAFE = re.compile(r"[^A-Za-z0-9._+=-]")
 MAX_SEED = 2**63
 
 
+def check_fraction(fraction) -> float:
+    """A label fraction (``--label-fraction``) in (0, 1] as a float; anything else raises
+    FairbenchError (one line, naming the flag and the fix)."""
+    try:
+        f = float(fraction)
+    except (TypeError, ValueError):
+        raise FairbenchError(f"--label-fraction must be a number in (0, 1], e.g. 0.25; got {fraction!r}.") from None
+    if isinstance(fraction, bool) or not math.isfinite(f) or not 0 < f <= 1:
+        raise FairbenchError(f"--label-fraction must be a number in (0, 1] (the share of the labelled train split to "
+                             f"train on; 1 = all of it), got {fraction!r}.")
+    return f
+
+
 def safe_part(text: str) -> str:
     """A name as it may appear in a directory name. Names made only of ``[A-Za-z0-9._+=-]`` are kept
     as they are (unless they contain ``__``, the run id's separator); any other name gets its unsafe characters replaced by ``_`` and 8 hex digits of its
@@ -29,7 +42,8 @@ class RunSpec:
     """Everything that names an experiment. Same spec -> same run directory -> resume.
 
     Values are validated on construction (:class:`benchmark.errors.FairbenchError`, one line):
-    ``seed`` 0..2^63-1, ``limit`` and ``sample`` >= 1 or None (not both), ``temperature`` finite and >= 0 or None (None: the
+    ``seed`` 0..2^63-1, ``limit`` and ``sample`` >= 1 or None (not both), ``label_fraction`` in (0, 1] or None
+    (1.0 becomes None), ``temperature`` finite and >= 0 or None (None: the
     model entry's ``generation.temperature``)."""
 
     model: str = "smollm2-135m"  # a models.yaml name, or a backend name with ``model_args``
@@ -39,6 +53,9 @@ class RunSpec:
     seed: int = 0
     limit: int | None = None
     sample: int | None = None  # a seeded random subset of N cases (data.cases.sample_cases)
+    # Imaging tasks, trained backends: train on this share of the labelled train split, a seeded stratified
+    # subsample (data.image.budget); None = 1.0 = the whole split (1.0 is stored as None: the same run).
+    label_fraction: float | None = None
     output_dir: Path = Path("runs")
     models_file: Path | None = None
     tasks_dir: Path | None = None
@@ -59,6 +76,9 @@ class RunSpec:
             raise FairbenchError(f"--sample must be a positive whole number of cases, got {self.sample}.")
         if self.sample is not None and self.limit is not None:
             raise FairbenchError("--sample and --limit both choose the cases: give one (--sample N draws N at random with --seed).")
+        if self.label_fraction is not None:
+            f = check_fraction(self.label_fraction)
+            self.label_fraction = None if f == 1.0 else f
         if self.temperature is not None:
             try:
                 t = float(self.temperature)
@@ -76,6 +96,8 @@ class RunSpec:
             parts.append(f"limit{self.limit}")
         if self.sample is not None:
             parts.append(f"sample{self.sample}")
+        if self.label_fraction is not None:
+            parts.append(f"frac{self.label_fraction!r}")  # shortest exact form, as for the temperature
         if self.temperature:
             parts.append(f"t{self.temperature!r}")  # shortest exact form: 0.1 and 0.10000001 differ
         return "__".join(parts)

@@ -255,3 +255,23 @@ def command(task: str, effect: float | None, cases: int | None, model: str | Non
             table.add_row(name, f"{r['mde']:.3g}" if r["mde"] is not None else f"> {GRID[-1]:g} (not reached)")
     console.print(table)
     return result
+
+
+def paired_t_mde(sd_diff: float | None, n: int, alpha: float = 0.05, power: float = POWER) -> dict:
+    """Minimal detectable mean difference of a two-sided paired t-test (``seeds.paired_t``) over ``n``
+    pairs at ``power``: ``d_z * sd_diff``, where ``d_z`` is the standardised effect (mean difference
+    over the SD of the per-pair differences) that statsmodels ``TTestPower`` solves for (one-sample
+    t-test on the differences, df = n - 1). ``sd_diff``: the observed SD (ddof 1) of the per-seed
+    differences, in the metric's unit; the MDE is in that unit. Returns {"d_z", "mde", "n", "alpha",
+    "power", "note"}: ``mde`` None (with ``note``) when n < 2 or the SD is missing or zero (the
+    differences do not vary, so the data cannot say how large a detectable effect is)."""
+    from statsmodels.stats.power import TTestPower
+
+    out = {"n": int(n), "alpha": alpha, "power": power, "d_z": None, "mde": None, "note": None}
+    if n < 2:
+        return {**out, "note": "fewer than 2 paired seeds"}
+    d_z = float(TTestPower().solve_power(effect_size=None, nobs=n, alpha=alpha, power=power, alternative="two-sided"))
+    out["d_z"] = d_z
+    if sd_diff is None or not np.isfinite(sd_diff) or sd_diff <= 0:
+        return {**out, "note": "no variation in the per-seed differences: no SD to scale the effect by"}
+    return {**out, "mde": d_z * float(sd_diff)}

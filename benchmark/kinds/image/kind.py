@@ -5,6 +5,7 @@ for VLMs) -> per-image probabilities -> thresholds frozen on validation -> the c
 
 from __future__ import annotations
 
+from ...data.image.budget import subsample
 from ...data.image.dataset import ImagingDataset, limit_dataset, load_dataset
 from ...errors import FairbenchError
 from ...hashing import sha256_files
@@ -46,6 +47,16 @@ class ImageKind(Kind):
         if getattr(spec, "sample", None) is not None:
             raise FairbenchError(f"task {card.name}: --sample is for text tasks; imaging tasks take --limit.")
         train, val = ds.split("train"), ds.split("val")
+        budget = None
+        fraction = getattr(spec, "label_fraction", None)
+        if fraction is not None:
+            if not backend_cls.trains:
+                raise FairbenchError(
+                    f'--label-fraction subsamples the train split that a model is trained on; model "{model_spec.name}" '
+                    f"(backend {model_spec.backend}) is not trained by the run. Use a classifier or mitigated-classifier model, "
+                    "or drop --label-fraction."
+                )
+            train, budget = subsample(train, card, fraction, spec.seed)  # val and test stay whole
         frame = ds.frame[ds.frame["split"].isin(["val", "test"])].reset_index(drop=True)
         evaluated = ImagingDataset(frame, ds.label_type, ds.labels, ds.reader, ds.report, ds.files)
         card_hash = sha256_files([card.directory / "task.yaml"])["task.yaml"]
@@ -54,8 +65,14 @@ class ImageKind(Kind):
         run_info = {"prompt_mode": "image", "n_cases": len(ds), "n_cases_available": n_available}
         data_report = {"quirks": sorted(set(ds.report.quirks)), "skipped": ds.report.skipped}
         n_images = {s: int((ds.frame["split"] == s).sum()) for s in ("train", "val", "test")}
+        manifest_data = {"n_images": n_images}
+        if budget is not None:  # only then: a full-data run's results and manifest are unchanged
+            run_info["label_budget"] = budget
+            manifest_data["label_budget"] = budget
         fit_identity = [*train.frame["id"], "|val|", *val.frame["id"]]
-        return Prepared(requests, "image", run_info, list(ds.files), data_report, {"n_images": n_images},
+        # The (subsampled) train ids are in fit_identity, so the request keys and the trained model's
+        # identity differ between fractions: a fraction-0.25 run never reuses a fraction-1.0 row.
+        return Prepared(requests, "image", run_info, list(ds.files), data_report, manifest_data,
                         fit_data=(train, val), fit_identity=fit_identity, chunk=CHUNK)
 
     def _requests(self, ds: ImagingDataset, card_hash: str, predict: bool, seed: int) -> list[Request]:

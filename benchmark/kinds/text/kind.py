@@ -56,6 +56,10 @@ class TextKind(Kind):
                 f"(scoring: option_text needs the exact log-probability of every token of each option text). "
                 f"Use a labels mode, or backend hf, llamacpp, vllm or openai with scoring_endpoint: completions."
             )
+        if getattr(spec, "label_fraction", None) is not None:
+            raise FairbenchError(f"task {card.name}: --label-fraction subsamples the train split of an imaging task whose model "
+                                 "is trained by the run; text tasks have no training split. Drop --label-fraction "
+                                 "(--sample N draws cases at random).")
         cases, report, files = load_cases(card, spec.data_dir)
         check_fields(card, cases)  # on the whole file: the fields and values the questions name exist
         n_cases_total = len({c.case_id for c in cases})
