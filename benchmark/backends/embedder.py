@@ -44,13 +44,11 @@ def embed_texts(texts: list[str], device: str = "cpu") -> np.ndarray:
 
 
 def embed_similarities(references: list[str], candidates: list[list[str]], device: str = "cpu") -> list[np.ndarray]:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from sentence_transformers import SentenceTransformer
-
-    model = SentenceTransformer(str(model_dir()), device=device, local_files_only=True)
+    """Cosine similarity of each candidate to its reference: ``references[i]`` against every text of
+    ``candidates[i]``, one float32 array of len(candidates[i]) per reference (all-MiniLM-L6-v2,
+    unit-norm embeddings, model loaded once per process as in :func:`embed_texts`)."""
     flat = [c for cs in candidates for c in cs]
-    ref = model.encode(references, normalize_embeddings=True, convert_to_numpy=True)
-    cand = model.encode(flat, normalize_embeddings=True, convert_to_numpy=True)
+    ref, cand = embed_texts(references, device), embed_texts(flat, device)
     out, pos = [], 0
     for i, cs in enumerate(candidates):
         out.append(cand[pos : pos + len(cs)] @ ref[i])

@@ -366,3 +366,31 @@ class HFBackend(Backend):
             results.append(Result(None, raw, text, len(ids), time.perf_counter() - t0))
             self.report_progress(1)
         return results
+
+    @torch.inference_mode()
+    def sample_texts(self, requests: list[Request], k: int) -> list[list[str]]:
+        """``k`` sampled generations of each request: one ``generate`` call per request with
+        ``num_return_sequences=k`` (k identical rows, no padding), seeded from the request's content
+        as :meth:`generate` seeds it. The k texts are a function of (request, k) alone: no shared-prefix
+        cache either (its KV tensors would depend on the other requests of the call). Batch-1 float32
+        decoding of a small model is memory-bound, so k rows cost little more than one (bench/hf_sampling.py).
+
+        Returns len(requests) lists of k strings (special tokens skipped). Raises FairbenchError for
+        ``k < 1`` or a request with temperature 0 (greedy decoding would give k copies)."""
+        if k < 1:
+            raise FairbenchError(f"sample_texts needs k >= 1 samples per request, got {k}.")
+        out = []
+        for r in requests:
+            if r.temperature <= 0:
+                raise FairbenchError(f"request {r.case_id}/{r.question_id}: sampling k={k} texts needs temperature > 0.")
+            ids = self._encode_prompt(self.render(r.prompt))
+            input_ids = torch.tensor([ids], device=self.device)
+            torch.manual_seed(int(r.key(f"seed{r.seed}")[:15], 16))
+            gen = self.model.generate(
+                input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=r.max_new_tokens,
+                pad_token_id=self.tokenizer.pad_token_id, do_sample=True, temperature=r.temperature,
+                top_p=self.spec.generation.top_p, num_return_sequences=k,
+            )
+            out.append([self.tokenizer.decode(row[len(ids):], skip_special_tokens=True) for row in gen])
+            self.report_progress(1)
+        return out

@@ -74,6 +74,17 @@ class Mitigation(ABC):
     # through an accelerate-based trainer); False: only the main process runs it, the others wait.
     distributed: bool = False
 
+    def artifact_name(self, config: MitigationConfig) -> str:
+        """The method part of the default artifact directory ``<base>+<name>__<task>__seed<S>``: the
+        method's name, unless its config changes the derived model's name (simpo-distill's two
+        forms), so that two configurations of one method never overwrite each other's files."""
+        return self.name
+
+    def check(self, base: ModelSpec, card, config: MitigationConfig, prompt_mode: str | None) -> None:
+        """Refuse bad input (FairbenchError) before the artifact directory is touched, so a mistake
+        never wipes an earlier artifact. ``prompt_mode``: the mitigate run's mode (text tasks; None for
+        imaging). Default: nothing to check."""
+
     @abstractmethod
     def apply(self, base: ModelSpec, data: TaskData, config: MitigationConfig, ctx: Context) -> ModelArtifact:
         """Fit or train on ``data`` (the mitigation cases, or the train/val images) and write the

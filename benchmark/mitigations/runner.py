@@ -119,11 +119,12 @@ def mitigate(
         article = {"text": "a text", "imaging": "an imaging"}
         raise FairbenchError(f"mitigation {method.name} works on {' and '.join(method.kinds)} tasks only; "
                              f"task {card.name} is {article.get(card.kind, card.kind)} task.")
-    out = Path(output_dir) if output_dir else cache_dir() / "mitigations" / f"{model}+{method.name}__{card.name}__seed{seed}"
+    out = Path(output_dir) if output_dir else cache_dir() / "mitigations" / f"{model}+{method.artifact_name(config)}__{card.name}__seed{seed}"
     if card.kind == "imaging":
         data, entry_fields, data_info = _image_data(card, data_dir)
     else:
         loaded = _text_split(card, data_dir, prompt_mode, eval_fraction, seed)
+    method.check(base, card, config, None if card.kind == "imaging" else loaded[3])
     main = is_main_process()
     if main:
         shutil.rmtree(out, ignore_errors=True)

@@ -1,11 +1,13 @@
 """``simpo-distill`` (paper 000): SimPO distillation towards a teacher's demographic-neutral answers,
-trained on responses in exactly the format the audit scores.
+in two forms (config ``mode``), each registered as its own derived model.
 
 Paper 000 (and its code): a teacher answers the demographic-neutral prompt; the student answers the
 counterfactual prompts several times; the candidates are ranked by cosine similarity of sentence
 embeddings to the teacher's answer (chosen = most similar, rejected = least similar); SimPO with
-LoRA. fairbench audits zero-shot *choice* scoring (the log-probability of each option's tokens right
-after the rendered chat prompt), so every step here works in that format:
+LoRA.
+
+``mode: choice`` (default, ``<base>+simpo-distill``): every step works in the format fairbench's
+choice audit scores (the log-probability of each option's tokens right after the rendered chat prompt):
 
 1. **Teacher.** A registered model (default: the base model itself, i.e. *self-distillation*, which
    is what the manifest, the derived model's description and the README call it) scores the options
@@ -22,9 +24,19 @@ after the rendered chat prompt), so every step here works in that format:
    (``HFBackend.render`` of the request ``build_requests`` makes for the audit), chosen/rejected =
    the option as the audit scores it (``HFBackend.continuation``: the option text; after a plain
    completion prompt, with its leading space). TRL appends the EOS token to each response.
-5. **SimPO** through ``trl.experimental.cpo.CPOTrainer`` (loss_type="simpo", cpo_alpha=0) with a
-   PEFT LoRA adapter (paper code: r=18, alpha=32, dropout 0, q,k,v,o,gate,up,down), saved to
-   ``adapter/`` and registered as ``<base>+simpo-distill``.
+
+``mode: generate`` (the paper's form, ``<base>+simpo-distill-generate``; :func:`build_generated_pairs`):
+the same steps on generated text in a free-text prompt mode (``method: generate``: ``explain``,
+``cot``). The teacher *generates* a rationale and answer for the neutral case (greedy by default,
+``teacher_temperature``); the student draws ``samples`` seeded generations per counterfactual prompt
+(``HFBackend.sample_texts``: one ``num_return_sequences`` call per prompt, ``temperature``); MiniLM
+cosine of each generated text to the teacher's text ranks them. Prompts whose samples are all the same
+text are counted and skipped. prompt = the audit's rendered prompt of that mode, chosen/rejected = the
+generated texts (+ EOS). Audited with the generative audit (``audits/generative.py``).
+
+5. **SimPO** (both forms) through ``trl.experimental.cpo.CPOTrainer`` (loss_type="simpo", cpo_alpha=0)
+   with a PEFT LoRA adapter (paper code: r=18, alpha=32, dropout 0, q,k,v,o,gate,up,down), saved to
+   ``adapter/``.
 
 Under ``accelerate launch`` / ``torchrun`` steps 1-3 run on the main process only (the pairs file is
 the hand-over); every process trains on its shard through the trainer; only the main process saves.
@@ -32,12 +44,14 @@ the hand-over); every process trains on its shard through the trainer; only the 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
 import random
 import re
 import time
+from typing import Literal
 
 import numpy as np
 from pydantic import Field, field_validator
@@ -54,13 +68,21 @@ from .base import Context, Mitigation, MitigationConfig, ModelArtifact, TaskData
 
 NEUTRAL = {"[race] ": "", "[race]": "", "[gender]": "patient", "[subject]": "they", "[possessive]": "their"}
 PAIRS_FILE = "pairs.jsonl"
+SUFFIX = {"choice": "simpo-distill", "generate": "simpo-distill-generate"}  # derived model <base>+<suffix>
 
 
 class SimPOConfig(MitigationConfig):
+    # choice: responses are the option continuations the audit scores; generate: the paper's form,
+    # responses are generated texts (rationale and answer) in a free-text prompt mode.
+    mode: Literal["choice", "generate"] = "choice"
     teacher: str | None = None  # a registered model; None: the base model (self-distillation)
-    prompt_mode: str | None = None  # a choice mode of the task; None: the one `mitigate --prompt-mode` gives (the audit's default)
-    samples: int = Field(8, ge=2)  # student answers drawn per counterfactual prompt
-    temperature: float = Field(1.0, gt=0.0)  # on the student's option distribution
+    # choice: a choice mode, None = `mitigate --prompt-mode` (the audit's default); generate: a generate
+    # mode, None = `--prompt-mode` when it is one, else the task's first generate mode.
+    prompt_mode: str | None = None
+    samples: int = Field(8, ge=2)  # student answers (choice) or generations (generate) per counterfactual prompt
+    temperature: float = Field(1.0, gt=0.0)  # choice: on the option distribution; generate: the student's sampling
+    teacher_temperature: float = Field(0.0, ge=0.0)  # generate: the teacher's decoding (0 = greedy)
+    max_new_tokens: int | None = Field(None, ge=1)  # generate: None = the prompt mode's max_new_tokens (what the audit gets)
     variants_per_case: int | None = Field(None, ge=1)  # counterfactual forms per case (seeded); None: all
     neutral: dict[str, str] = Field(default_factory=lambda: dict(NEUTRAL))  # placeholder -> neutral text
     beta: float = Field(2.0, gt=0.0)  # SimPO beta (paper recommendation 2-10)
@@ -133,6 +155,18 @@ def choice_mode(card, name: str | None, default: str) -> str:
     return name
 
 
+def generate_mode(card, name: str | None, default: str) -> str:
+    """The prompt mode of ``mode: generate``: a free-text (generate) mode of the task."""
+    generate = [m for m, spec in card.prompt_modes.items() if spec.method == "generate"]
+    if name is None:
+        name = default if default in generate else (generate[0] if generate else None)
+    if name not in generate:
+        raise FairbenchError(f"simpo-distill mode: generate trains on generated text, so it needs a generate prompt mode; "
+                             f"{name!r} is not one of task {card.name} (generate modes: {', '.join(generate) or 'none'}). "
+                             "Set prompt_mode in the config or pass --prompt-mode.")
+    return name
+
+
 def option_probabilities(logprobs: list[float], temperature: float = 1.0) -> np.ndarray:
     """Softmax over the option set of log P(option) / temperature (the audit normalises the same way)."""
     z = np.asarray(logprobs, dtype=np.float64) / temperature
@@ -189,18 +223,92 @@ def build_pairs(student, teacher, card, cases: list[Case], mode: str, config: Si
     return pairs, info
 
 
+def build_generated_pairs(student, teacher, card, cases: list[Case], mode: str, config: SimPOConfig,
+                          seed: int) -> tuple[list[dict], dict]:
+    """Steps 1-3 of the paper's generative form (``mode: generate``). Returns (pairs, counts and timings).
+
+    The teacher generates on the neutral form of each case (``config.teacher_temperature``; 0 =
+    greedy); the student draws ``config.samples`` seeded generations per counterfactual prompt
+    (``student.sample_texts``, ``config.temperature``); all-MiniLM-L6-v2 cosine of each sample's text to
+    the teacher's text ranks them: chosen = most similar, rejected = least. Counted and skipped: prompts
+    whose teacher text is empty (no reference), whose samples are all the same text (no preference),
+    and whose samples all have the same similarity (no order)."""
+    from ..backends.embedder import embed_similarities
+    from ..kinds.text.scoring import parse_answer
+
+    def sized(reqs, temperature):  # sample 0 only: the k samples come from one seeded request
+        return [dataclasses.replace(r, temperature=temperature, max_new_tokens=config.max_new_tokens or r.max_new_tokens)
+                for r in reqs if r.sample == 0]
+
+    def answer(text, r):
+        return parse_answer(text, r.options, r.meta.get("option_wordings"))
+
+    info: dict = {}
+    t0 = time.perf_counter()
+    neutral = [neutral_case(c, card, config.neutral) for c in cases]
+    teacher_reqs = sized(build_requests(card, neutral, mode, seed), config.teacher_temperature)
+    teacher_texts, n_empty_teacher = {}, 0
+    for r, res in zip(teacher_reqs, teacher.generate(teacher_reqs)):
+        text = (res.raw_output or "").strip()
+        if not text:
+            n_empty_teacher += 1  # no reference text to rank against
+            continue
+        teacher_texts[(r.case_id, r.question_id)] = {"text": text, "answer": answer(text, r)}
+    info["teacher_seconds"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    variants = _subset(expand(cases, card.counterfactual, seed), config.variants_per_case, seed)
+    prompts = [r for r in sized(build_requests(card, variants, mode, seed), config.temperature)
+               if (r.case_id, r.question_id) in teacher_texts]
+    draws = student.sample_texts(prompts, config.samples)
+    info["student_seconds"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    n_identical = sum(len(set(d)) == 1 for d in draws)
+    keep = [i for i, d in enumerate(draws) if len(set(d)) > 1]  # identical samples carry no preference
+    references = [teacher_texts[(prompts[i].case_id, prompts[i].question_id)]["text"] for i in keep]
+    sims = embed_similarities(references, [draws[i] for i in keep])
+    pairs, n_tied = [], 0
+    for i, s, ref in zip(keep, sims, references):
+        r, cands = prompts[i], draws[i]
+        best, worst = int(s.argmax()), int(s.argmin())
+        if float(s[best]) == float(s[worst]):
+            n_tied += 1  # distinct texts the embedder cannot tell apart: no order to learn
+            continue
+        pairs.append({
+            "case_id": r.case_id, "question_id": r.question_id, "attributes": r.attributes,
+            "prompt": student.render(r.prompt), "chosen": cands[best], "rejected": cands[worst],
+            "chosen_answer": answer(cands[best], r), "rejected_answer": answer(cands[worst], r),
+            "teacher_text": ref, "teacher_answer": teacher_texts[(r.case_id, r.question_id)]["answer"],
+            "samples": cands, "similarities": [round(float(x), 6) for x in s],
+            "sim_chosen": round(float(s[best]), 6), "sim_rejected": round(float(s[worst]), 6),
+        })
+    info["embed_seconds"] = time.perf_counter() - t0
+    info.update({"n_prompts": len(prompts), "n_identical_samples_prompts_skipped": n_identical,
+                 "n_equal_similarity_prompts_skipped": n_tied, "n_teacher_prompts": len(teacher_reqs),
+                 "n_empty_teacher_texts_skipped": n_empty_teacher})
+    return pairs, info
+
+
 class SimPODistill(Mitigation):
     name = "simpo-distill"
     Config = SimPOConfig
     distributed = True  # every process of `accelerate launch` / `torchrun` trains its shard
 
+    def artifact_name(self, config: SimPOConfig) -> str:
+        return SUFFIX[config.mode]
+
+    def check(self, base: ModelSpec, card, config: SimPOConfig, prompt_mode: str | None) -> None:
+        if base.backend != "hf":
+            raise FairbenchError(f'simpo-distill trains weights locally: model "{base.name}" uses backend {base.backend}, not hf.')
+        (generate_mode if config.mode == "generate" else choice_mode)(card, config.prompt_mode, prompt_mode)
+
     def apply(self, base: ModelSpec, data: TaskData, config: SimPOConfig, ctx: Context) -> ModelArtifact:
         from ..backends.hf import HFBackend
 
-        if base.backend != "hf":
-            raise FairbenchError(f'simpo-distill trains weights locally: model "{base.name}" uses backend {base.backend}, not hf.')
-        card, seed = data.card, ctx.seed
-        mode = choice_mode(card, config.prompt_mode, data.prompt_mode)
+        self.check(base, data.card, config, data.prompt_mode)  # apply may be called without the runner
+        card, seed, generative = data.card, ctx.seed, config.mode == "generate"
+        mode = (generate_mode if generative else choice_mode)(card, config.prompt_mode, data.prompt_mode)
         self_distill = config.teacher in (None, base.name)
         teacher_name = base.name if self_distill else ctx.models.get(config.teacher).name
         pairs_file = ctx.out_dir / PAIRS_FILE
@@ -212,34 +320,50 @@ class SimPODistill(Mitigation):
             else:
                 tspec = ctx.models.get(config.teacher)
                 teacher = get("backends", tspec.backend)(tspec, seed=seed)
-            pairs, info = build_pairs(student, teacher, card, data.cases, mode, config, seed)
+            pairs, info = (build_generated_pairs if generative else build_pairs)(student, teacher, card, data.cases, mode, config, seed)
             if teacher is not student:
                 teacher.close()
             write_atomic(pairs_file, "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in pairs))
         T.barrier()  # the other processes read the pairs the main process wrote
         pairs = [json.loads(line) for line in pairs_file.read_text(encoding="utf-8").splitlines()]
         if not pairs:
-            raise FairbenchError("simpo-distill: the student gave the same option in every sample of every prompt, so there is "
+            what = "generated the same text (or texts the embedder ranks equal)" if generative else "gave the same option"
+            raise FairbenchError(f"simpo-distill: the student {what} in every sample of every prompt, so there is "
                                  "no preference to train on; raise samples or temperature in the config.")
         t0 = time.perf_counter()
         log = train_simpo(student, pairs, config, ctx)
         info["train_seconds"] = time.perf_counter() - t0
         student.close()
         teacher_text = f"self-distillation ({base.name} is its own teacher)" if self_distill else f"teacher {teacher_name}"
-        agree = sum(p["chosen_option"] == p["teacher_option"] for p in pairs)
+        if generative:
+            n_new = config.max_new_tokens or card.prompt_modes[mode].max_new_tokens
+            form = f"generative form (prompt mode {mode}, {config.samples} sampled generations per prompt)"
+            facts = {
+                "response_format": (f"generate: the audit's rendered prompt of mode {mode}; responses are the student's "
+                                    f"generated texts (rationale and answer, up to {n_new} new tokens, + EOS)"),
+                "sampling": {"samples": config.samples, "temperature": config.temperature, "top_p": base.generation.top_p,
+                             "max_new_tokens": n_new, "teacher_temperature": config.teacher_temperature},
+                "n_pairs_chosen_answer_is_teacher_answer": sum(p["chosen_answer"] is not None and p["chosen_answer"] == p["teacher_answer"]
+                                                               for p in pairs),
+                "n_pairs_rejected_answer_is_teacher_answer": sum(p["rejected_answer"] is not None and p["rejected_answer"] == p["teacher_answer"]
+                                                                 for p in pairs),
+            }
+        else:
+            form = f"choice form (prompt mode {mode})"
+            facts = {"response_format": "choice: the audit's rendered prompt; responses are the option continuations it scores (+ EOS)",
+                     "n_pairs_chosen_is_teacher_option": sum(p["chosen_option"] == p["teacher_option"] for p in pairs)}
         return ModelArtifact(
             ctx.out_dir,
-            {"simpo-distill": {"adapter": str((ctx.out_dir / "adapter").resolve())}},
+            {SUFFIX[config.mode]: {"adapter": str((ctx.out_dir / "adapter").resolve())}},
             {
-                "teacher": teacher_name, "self_distillation": self_distill, "prompt_mode": mode,
-                "response_format": "choice: the audit's rendered prompt; responses are the option continuations it scores (+ EOS)",
-                "n_pairs": len(pairs), "n_pairs_chosen_is_teacher_option": agree,
+                "form": config.mode, "teacher": teacher_name, "self_distillation": self_distill, "prompt_mode": mode,
+                **facts, "n_pairs": len(pairs),
                 "mean_sim_chosen": round(sum(p["sim_chosen"] for p in pairs) / len(pairs), 6),
                 "mean_sim_rejected": round(sum(p["sim_rejected"] for p in pairs) / len(pairs), 6),
                 "pairs_file": PAIRS_FILE, "training": log,
                 **{k: (round(v, 3) if isinstance(v, float) else v) for k, v in info.items()},
             },
-            descriptions={"simpo-distill": teacher_text},
+            descriptions={SUFFIX[config.mode]: f"{teacher_text}; {form}"},
         )
 
 
