@@ -5,13 +5,14 @@ import os
 import torch
 
 from benchmark import device
+from benchmark.backends.llamacpp_batch import idle_cpu_threads
 
 
 def test_idle_cpu_threads_is_the_cores_left_by_the_load(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
     for load, expected in ((0.0, 4), (0.4, 4), (1.6, 2), (3.9, 1), (12.0, 1)):
         monkeypatch.setattr(os, "getloadavg", lambda load=load: (load, 0.0, 0.0))
-        assert device.idle_cpu_threads() == expected, load
+        assert idle_cpu_threads() == expected, load
 
 
 def test_idle_cpu_threads_without_a_load_average(monkeypatch):
@@ -21,7 +22,7 @@ def test_idle_cpu_threads_without_a_load_average(monkeypatch):
         raise OSError("no load average")
 
     monkeypatch.setattr(os, "getloadavg", unavailable)
-    assert device.idle_cpu_threads() == 2
+    assert idle_cpu_threads() == 2
 
 
 def test_cpu_dtype_is_float32_and_bf16_training_only_where_native():

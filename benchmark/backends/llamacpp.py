@@ -12,12 +12,11 @@ from __future__ import annotations
 import time
 
 from ..config import ModelSpec
-from ..device import idle_cpu_threads
 from ..errors import FairbenchError
 from ..hashing import sha256_file
 from ..requests import Request, Result
 from . import prompting
-from .llamacpp_batch import MultiSequenceScorer
+from .llamacpp_batch import MultiSequenceScorer, idle_cpu_threads
 from .base import Backend, common_settings, gguf_path, package_version, settings_digest
 
 
@@ -109,7 +108,7 @@ class LlamaCppBackend(Backend):
         self._lib = llama_cpp
         extra = spec.extra
         # llama.cpp's OpenMP workers spin-wait at every barrier, and torch loads the same libgomp first, so
-        # OMP_WAIT_POLICY cannot be changed here: the default is the cores left idle (device.idle_cpu_threads);
+        # OMP_WAIT_POLICY cannot be changed here: the default is the cores left idle (llamacpp_batch.idle_cpu_threads);
         # extra.n_threads overrides it.
         threads = int(extra.get("n_threads") or idle_cpu_threads())
         t0 = time.perf_counter()

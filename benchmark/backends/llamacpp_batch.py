@@ -33,14 +33,32 @@ import math
 
 import numpy as np
 
-from ..device import idle_cpu_threads
-
 # Tokens per stream per decode: below the flash-attention tile (64 queries), so no decode of ours ever
 # takes the tiled kernel; 32 keeps a decode of 8 streams at 256 tokens.
 CHUNK = 32
 # Cells per stream are sized to the longest sequence of a call, in these steps (a new size re-creates
 # the context; the size of the buffer does not change results: only used cells are read).
 CTX_STEP = 256
+
+
+def idle_cpu_threads() -> int:
+    """CPU threads for a spin-waiting thread pool (llama.cpp's OpenMP workers): the cores this process
+    may use minus the 1-minute load average, rounded, at least 1. On an idle machine that is every
+    core; on a busy one fewer, because spinning workers that share a core with another job wait on each
+    other at every barrier (measured on 2 shared cores: 24 s for a 57-token prompt with 2 threads, 1.5 s
+    with 1). Choice scores do not depend on it (the llama.cpp scorer is thread-count invariant, tested);
+    a generation over 512 or more cells could (llama.cpp's split-KV attention reduces per thread)."""
+    import os
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        load = 0.0
+    return max(1, min(cores, int(cores - load + 0.5)))
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
