@@ -493,3 +493,17 @@ def test_gap_without_variation_within_cases_has_no_test_and_no_interval(card):
         assert gap["note"].startswith("no variation under shuffling")
     perm = [t for t in res["tests"] if t["test"] == "permutation_gap" and t["target"].endswith("dp_gap")]
     assert perm and all(t["p_value"] is None and t["p_adjusted"] is None for t in perm)
+
+
+def test_every_contrast_of_an_attribute_unmeasurable_does_not_raise(card):
+    """Only the reference value has valid answers (gender: every 'woman' answer invalid), as a small
+    generative sample can give: the contrast family is empty, each contrast says why, and the audit
+    completes (it raised a numpy TypeError on the empty contrast matrix)."""
+    df = frame(np.random.default_rng(3), n_cases=6, invalid=lambda r, g: g == "woman")
+    q = CounterfactualAudit(card, seed=0).run(df)["questions"]["treat"]
+    gender = q["attributes"]["gender"]
+    assert gender["unmeasurable_groups"] == ["woman"]
+    assert gender["delta_vs_reference"]["woman"]["value"] is None
+    assert "unmeasurable" in gender["delta_vs_reference"]["woman"]["note"]
+    res = stats.signflip_maxt(np.zeros((6, 0)), np.random.default_rng(0))
+    assert res["applicable"].dtype == bool and res["applicable"].size == 0

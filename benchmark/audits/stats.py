@@ -498,7 +498,8 @@ def signflip_maxt(diffs: np.ndarray, rng: np.random.Generator, n_resamples: int 
     est = np.array([diffs[ok[:, k], k].mean() if n[k] else np.nan for k in range(K)])
     sd = np.array([diffs[ok[:, k], k].std(ddof=1) if n[k] >= 2 else np.nan for k in range(K)])
     se = sd / np.sqrt(np.maximum(n, 1))
-    applicable = (n >= 2) & np.isfinite(se) & np.array([not no_variation(diffs[ok[:, k], k]) for k in range(K)])
+    # dtype=bool: with K = 0 (every contrast unmeasurable) an empty list would be float and & would fail.
+    applicable = (n >= 2) & np.isfinite(se) & np.array([not no_variation(diffs[ok[:, k], k]) for k in range(K)], dtype=bool)
     t = np.where(applicable, est / np.where(applicable, se, 1.0), np.nan)
     out = {"estimate": est, "se": np.where(applicable, se, np.nan), "t": t, "n": n, "applicable": applicable,
            "p_unadjusted": np.full(K, np.nan), "p_maxt": np.full(K, np.nan), "null": np.array([]), "a": 1, "exhaustive": False}
