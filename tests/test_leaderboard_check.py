@@ -378,6 +378,7 @@ def test_leaderboard_reference_deltas_flag_a_planted_difference_and_say_ns_other
     same_line = next(line for line in md.splitlines() if line.startswith("| tiny+same |"))
     assert planted_line.count("worse") == 4 and "(same on every resample) p=0.004 worse" in planted_line
     assert same_line.count("(no difference on any shared case)") == 4
+    assert "Δ gen_" not in md and "Generative audit" not in md  # choice runs: no generative columns, not in the family
     # A board without the reference row refuses --reference with one line.
     assert main(["leaderboard", str(same), "-o", str(tmp_path / "lb" / "x"), "--no-plots", "--reference", "nope"]) == 2
     # On 4 cases even a difference in every case cannot be significant: the bootstrap p is floored at

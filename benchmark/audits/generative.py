@@ -203,6 +203,8 @@ class GenerativeAudit(CounterfactualAudit):
             out["drift_excess"] = self._ci_mean(drift[both] - fl[both], qid, attr, "excess")
             tests.append(stats.paired_continuous_test(np.column_stack([drift[both], fl[both]]), target))
         out["n_cases"] = int(len(cids))
+        # Per-case drift and floor: the paired differences of two runs (boards.check.versus_reference).
+        out["_per_case"] = pd.DataFrame({"explanation_drift": drift, "drift_noise_floor": fl}, index=pd.Index(cids, name="case_id"))
         return out
 
     def _question_text(self, sub: pd.DataFrame, qid: str, tests: list, warnings: list) -> dict:
@@ -241,5 +243,23 @@ class GenerativeAudit(CounterfactualAudit):
         overall = attributes[INTERSECTION if len(self.attrs) > 1 else self.attrs[0]]["drift"]
         for key in ("explanation_drift", "drift_noise_floor", "drift_excess"):
             out[key] = overall[key]
+        drift = overall.pop("_per_case")
+        for entry in attributes.values():
+            entry["drift"].pop("_per_case", None)
         out["attributes"] = attributes
+        out["per_case"] = self._per_case(ind, drift)
         return out
+
+    @staticmethod
+    def _per_case(ind: pd.DataFrame, drift: pd.DataFrame) -> list[dict]:
+        """One record per case (ascending case_id) of the headline quantities: the sample-0 rates over the
+        case's variants and the overall drift, floor and excess (None where not measured). With the same
+        number of variants per case the headline values are the means of these over cases; another run of
+        the same cases pairs with them case by case (boards.check.versus_reference)."""
+        rates = ind.groupby("case_id")[["invalid", "refusal", "mention:*"]].mean()
+        rates.columns = ["invalid_rate", "refusal_rate", "demographic_mention_rate"]
+        table = rates.join(drift, how="left")
+        table["drift_excess"] = table["explanation_drift"] - table["drift_noise_floor"]
+        table = table.sort_index().astype(float)
+        return [{"case_id": str(cid), **{k: stats.num(v) for k, v in rec.items()}}
+                for cid, rec in table.to_dict("index").items()]

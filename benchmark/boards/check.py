@@ -40,6 +40,7 @@ from .leaderboard import (
     DELTA_COLUMNS,
     DELTA_METRICS,
     FAIRNESS_BY_KIND,
+    GENERATIVE_DELTA_METRICS,
     FAIRNESS_METRICS,
     _records,
     audits,
@@ -112,10 +113,14 @@ class PerCase:
     decisions: np.ndarray | None  # cases x headline groups: per-case decision rate (binary only)
     correct: np.ndarray | None = None  # cases: share of requests answered correctly (invalid = wrong); None without a reference
     unmeasurable: list[str] = field(default_factory=list)  # "attr=value" groups without one valid answer on the shared pairs
+    # Free-text runs: the generative audit's per-case values (``gen_*`` name -> cases; NaN where not measured).
+    generative: dict[str, np.ndarray] = field(default_factory=dict)
 
     def value(self, metric: str, idx: np.ndarray) -> float:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
+            if metric in self.generative:
+                return float(np.nanmean(self.generative[metric][idx]))
             if metric == "accuracy" and self.correct is not None:
                 # Requests per case are equal (variants), so the mean of case means is the audit's accuracy.
                 return float(np.nanmean(self.correct[idx]))
@@ -409,10 +414,26 @@ def paired(base: PerCase, cand: PerCase, tolerances: dict[str, float], seed: int
 
 # ----- paired differences against a reference row (fairbench leaderboard --reference) -----
 
+def generative_per_case(results: dict, question: str):
+    """The generative audit's per-case values of ``question`` (``audits.generative.questions[q].per_case``)
+    as ``gen_<name>`` -> pandas Series indexed by case id, for :data:`GENERATIVE_DELTA_METRICS`; None for a
+    choice run or a free-text run scored before the per-case values were stored."""
+    import pandas as pd
+
+    gen = audits(results).get("generative") or {}
+    records = ((gen.get("questions") or {}).get(question) or {}).get("per_case") if gen.get("applicable") else None
+    if not records:
+        return None
+    df = pd.DataFrame.from_records(records).set_index("case_id").astype(float)
+    return {m: df[m.removeprefix("gen_")] for m in GENERATIVE_DELTA_METRICS if m.removeprefix("gen_") in df}
+
+
 def versus_reference(reference_dir: Path, run_dir: Path, seed: int = 0, n_boot: int = 2000) -> CheckResult:
     """Two-sided paired differences run − reference of the text headline metrics (``DELTA_METRICS``:
     accuracy where the question has reference answers, cf_flip_rate, cf_mean_abs_delta, dp_gap on
-    binary questions) on the (case, variant) pairs both runs share: the gate's paired bootstrap
+    binary questions; where both are free-text runs also the generative audit's per-case invalid,
+    refusal and demographic-mention rates, explanation drift and drift excess over the noise floor, on
+    the cases both runs share) on the (case, variant) pairs both runs share: the gate's paired bootstrap
     (:func:`paired`, cases resampled, ``n_boot`` resamples, seeded), Holm-corrected over the metrics
     tested for this run. A metric undefined for the task is noted and left out of the family."""
     ref_results, results = read_results(Path(reference_dir)), read_results(Path(run_dir))
@@ -431,10 +452,17 @@ def versus_reference(reference_dir: Path, run_dir: Path, seed: int = 0, n_boot: 
     reference = _reference_variant(results, question)
     base_pc = per_case(ref_rows, keys, reference, qkind == "binary")
     cand_pc = per_case(rows, keys, reference, qkind == "binary")
+    base_gen, cand_gen = generative_per_case(ref_results, question), generative_per_case(results, question)
+    if base_gen is not None and cand_gen is not None:
+        base_pc.generative = {m: v.reindex(base_pc.cases).to_numpy(float) for m, v in base_gen.items()}
+        cand_pc.generative = {m: v.reindex(cand_pc.cases).to_numpy(float) for m, v in cand_gen.items()}
     comps = paired(base_pc, cand_pc, {m: 0.0 for m in DELTA_METRICS}, seed, n_boot, two_sided=True)
     for c in comps:
         if c.metric == "accuracy" and c.diff is None:
             c.note = "no reference answer"
+        if c.metric in GENERATIVE_DELTA_METRICS and c.diff is None:
+            c.note = ("not a free-text run" if base_gen is None and cand_gen is None else
+                      "one run has no per-case generative values: re-score it with `fairbench score RUN_DIR`")
     detail = (f"paired bootstrap over {n_cases} common cases ({len(keys)} case×variant pairs), {n_boot} resamples, seed {seed}, "
               f"two-sided, Holm-corrected over {sum(c.p_value is not None for c in comps)} metrics, alpha {ALPHA}")
     return CheckResult("paired", detail, comps)

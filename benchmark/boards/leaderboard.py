@@ -40,9 +40,18 @@ DEFAULT_SORT = "cf_mean_abs_delta"
 # Sort fallback for a row that lacks the --sort-by metric (an imaging row on a board sorted by a text metric).
 KIND_SORT = {"text": "cf_mean_abs_delta", "imaging": "dp_gap"}
 EST_COLS = ["value", "ci_low", "ci_high"]
+# Free-text runs (generate prompt modes): the generative audit's headline of the primary question
+# (audits/generative.py; kinds/text/evaluate.generative_headline), all lower-is-better. The rates and
+# the drift excess carry the generative audit's paired test over the headline groups (its adjusted p).
+GENERATIVE_METRICS = ["gen_invalid_rate", "gen_refusal_rate", "gen_demographic_mention_rate", "gen_explanation_drift",
+                      "gen_drift_noise_floor", "gen_drift_excess"]
+GENERATIVE_TESTS = {"gen_invalid_rate": "invalid", "gen_refusal_rate": "refusal", "gen_demographic_mention_rate": "mention",
+                    "gen_drift_excess": "drift_excess"}
 # Paired differences against a reference row (``--reference MODEL`` on text runs; boards.check.reference_deltas).
-DELTA_METRICS = ["accuracy"] + FAIRNESS_METRICS
-HIGHER_IS_BETTER = {"accuracy": True, **{m: False for m in FAIRNESS_METRICS}}
+# The generative ones apply where both runs are free-text runs (the floor is not compared: the excess is).
+GENERATIVE_DELTA_METRICS = [m for m in GENERATIVE_METRICS if m != "gen_drift_noise_floor"]
+DELTA_METRICS = ["accuracy"] + FAIRNESS_METRICS + GENERATIVE_DELTA_METRICS
+HIGHER_IS_BETTER = {"accuracy": True, **{m: False for m in FAIRNESS_METRICS + GENERATIVE_METRICS}}
 DELTA_COLUMNS = (["delta_reference", "delta_reference_run_id", "delta_method"]
                  + [f"{m}_delta{s}" for m in DELTA_METRICS for s in ("", "_ci_low", "_ci_high", "_p_adjusted", "_significant")])
 COLUMNS = (
@@ -57,6 +66,7 @@ COLUMNS = (
     + ["n_cases", "n_requests", "n_invalid", "invalid_rate", "invalid_rate_ci_low", "invalid_rate_ci_high", "invalid_rate_note",
        "small_groups", "correction", "seed", "limit", "sample", "run_id", "model_fingerprint", "git_commit", "finished_at"]
     + ["model_description"]
+    + [f"{m}{s}" for m in GENERATIVE_METRICS for s in ("", "_ci_low", "_ci_high", "_note", "_p_adjusted", "_significant")]
     + DELTA_COLUMNS
 )
 IMAGING_GROUP_VALUES = ["n_pos", "prevalence", "auc", "accuracy", "pos_rate", "tpr", "fpr", "ece", "underdiag",
@@ -203,6 +213,7 @@ def text_entry(row: dict, results: dict) -> list[dict]:
         "small_groups": sum(bool(g.get("small")) for a in attributes.values() for g in a.get("groups", {}).values()),
         "correction": cf.get("correction", {}).get("method"),
     })
+    _generative_entry(row, results, qid)
     groups = []
     for attr, ares in sorted(attributes.items(), key=lambda kv: _attribute_rank(kv[0], attributes)):
         for name, g in ares.get("groups", {}).items():
@@ -214,6 +225,23 @@ def text_entry(row: dict, results: dict) -> list[dict]:
             _put(grow, "decision_rate", g.get("decision_rate"))
             groups.append(grow)
     return groups
+
+
+def _generative_entry(row: dict, results: dict, qid: str) -> None:
+    """A free-text run's generative headline (question ``qid``) with the adjusted p of the generative
+    audit's paired test over the headline groups (Cochran's Q on each rate, Wilcoxon drift vs floor)."""
+    gen = audits(results).get("generative") or {}
+    q = (gen.get("questions") or {}).get(qid) if gen.get("applicable") else None
+    if not q:
+        return
+    attrs = q.get("attributes", {})
+    key = "intersection" if "intersection" in attrs else next(iter(attrs), None)
+    by_target = {t.get("target"): t for t in gen.get("tests", [])}
+    for name in GENERATIVE_METRICS:
+        _put(row, name, q.get(name.removeprefix("gen_")))
+        test = by_target.get(f"{qid}/{key}/{GENERATIVE_TESTS[name]}") if name in GENERATIVE_TESTS else None
+        if test is not None and test.get("p_adjusted") is not None:
+            row[f"{name}_p_adjusted"], row[f"{name}_significant"] = test["p_adjusted"], bool(test.get("significant"))
 
 
 def _value(est) -> float | None:
@@ -554,8 +582,26 @@ def _delta_cell(r: dict, m: str) -> str:
     return f"{text} p={p:.2g} {'better' if better else 'worse'}"
 
 
+def _generative_table(block: list[dict]) -> list[str]:
+    """The generative audit's headline of the block's free-text rows (none for choice rows)."""
+    rows = [r for r in block if any(r.get(m) is not None or r.get(f"{m}_note") for m in GENERATIVE_METRICS)]
+    if not rows:
+        return []
+    lines = ["Generative audit of the same rows (docs/generative.md): rates over the sample-0 texts with clustered Wilson "
+             "intervals; drift = 1 − cosine of MiniLM embeddings of a variant's rationale and the reference variant's, the "
+             "noise floor the same between two seeded samples of one variant, excess = drift − floor (bootstrap intervals). "
+             "\\* marks a significant paired test over the headline groups (Cochran's Q on a rate; Wilcoxon drift vs floor), in "
+             "the run's family.", "",
+             "| model | " + " | ".join(m.removeprefix("gen_").replace("_", " ") for m in GENERATIVE_METRICS) + " |",
+             "|:--|" + "--:|" * len(GENERATIVE_METRICS)]
+    for r in rows:
+        lines.append(f"| {_md_escape(r['model'])} | " + " | ".join(_est(m)(r) for m in GENERATIVE_METRICS) + " |")
+    return lines + [""]
+
+
 def _delta_table(block: list[dict]) -> list[str]:
-    """The paired differences of each row against the reference row of its block (``--reference``)."""
+    """The paired differences of each row against the reference row of its block (``--reference``):
+    one table of the decision metrics, one of the generative ones where a row has them."""
     ref_model = next((r.get("delta_reference") for r in block if r.get("delta_reference")), None)
     if ref_model is None:
         return []
@@ -566,11 +612,17 @@ def _delta_table(block: list[dict]) -> list[str]:
         return []
     lines = [(f"Paired differences against `{_md_escape(ref_model)}` on the same cases (row − reference, 95% bootstrap CI over "
               "cases; p two-sided, Holm-corrected over the row's metrics; n.s. = not significant at 0.05, i.e. the method did "
-              f"not move the metric detectably): {_md_escape(rows[0].get('delta_method') or '')}."), "",
-             "| model | " + " | ".join(f"Δ {m}" for m in DELTA_METRICS) + " |", "|:--|" + "--:|" * len(DELTA_METRICS)]
-    for r in rows:
-        lines.append(f"| {_md_escape(r['model'])} | " + " | ".join(_delta_cell(r, m) for m in DELTA_METRICS) + " |")
-    return lines + [""]
+              f"not move the metric detectably): {_md_escape(rows[0].get('delta_method') or '')}."), ""]
+    decision = [m for m in DELTA_METRICS if m not in GENERATIVE_DELTA_METRICS]
+    generative = [m for m in GENERATIVE_DELTA_METRICS if any(r.get(f"{m}_delta") is not None for r in rows)]
+    for metrics in (decision, generative):
+        if not metrics:
+            continue
+        lines += ["| model | " + " | ".join(f"Δ {m}" for m in metrics) + " |", "|:--|" + "--:|" * len(metrics)]
+        for r in rows:
+            lines.append(f"| {_md_escape(r['model'])} | " + " | ".join(_delta_cell(r, m) for m in metrics) + " |")
+        lines.append("")
+    return lines
 
 
 def render_markdown(name: str, rows: list[dict], groups: list[dict], sort_by: str, plots: dict) -> str:
@@ -622,6 +674,7 @@ def render_markdown(name: str, rows: list[dict], groups: list[dict], sort_by: st
             cells.append(_est("invalid_rate", marked=False)(r))
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+        lines += _generative_table(block)
         lines += _delta_table(block)
         if (task, mode) in plots:
             what = "AUC" if kind == "imaging" else "Mean outcome"
