@@ -445,6 +445,7 @@ def judge(
     """Grade free-text rationales with an LLM judge (masked text, both option orders; docs/generative.md).
     The judge is never the only evidence for a finding."""
     from . import judge as J
+    from .audits.mentions import card_vocabulary
     from .cards import load_task
 
     if calibrate == (run_dir is not None):
@@ -453,9 +454,7 @@ def judge(
     try:
         if calibrate:
             card = load_task("qpain-demo", tasks_dir)
-            attrs = {a: spec.values for a, spec in card.counterfactual.attributes.items()}
-            names = [n for pool in card.counterfactual.names.pools.values() for n in pool]
-            res = J.calibrate(backend, J.read_calibration(table or J.CALIBRATION), attrs, names)
+            res = J.calibrate(backend, J.read_calibration(table or J.CALIBRATION), *card_vocabulary(card))
             res = {"judge_model": model, **res}
             if output is not None:
                 output.write_text(json.dumps(res, indent=1, default=str), encoding="utf-8")

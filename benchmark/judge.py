@@ -205,7 +205,7 @@ def judge_run(run_dir: Path, backend, card) -> dict:
     import pandas as pd
 
     from .audits import stats
-    from .audits.mentions import mask
+    from .audits.mentions import card_vocabulary, mask
     from .kinds.text.expand import variant_id
     from .kinds.text.generation import rationale
 
@@ -216,8 +216,7 @@ def judge_run(run_dir: Path, backend, card) -> dict:
     rows = [r for r in rows if r.get("method") == "generate" and not r.get("sample")]
     if not rows:
         raise FairbenchError(f"{run_dir}: no generated text to judge; run a free-text prompt mode (e.g. --prompt-mode explain).")
-    attrs = {a: spec.values for a, spec in card.counterfactual.attributes.items()}
-    names = [n for pool in (card.counterfactual.names.pools.values() if card.counterfactual.names else []) for n in pool]
+    attrs, names = card_vocabulary(card)
     items = {r["key"]: mask(rationale(r.get("raw_output")), attrs, names) for r in rows}
     grades = grade(backend, items)
     frame = pd.DataFrame([{"case_id": r["case_id"], "question_id": r["question_id"], "variant": variant_id(r["attributes"]),

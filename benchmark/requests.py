@@ -86,6 +86,12 @@ class Request:
             payload["sample"] = self.sample
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
+    def sampling_seed(self) -> int:
+        """A 31-bit sampler seed for a backend that takes one (llama.cpp, an OpenAI-compatible server):
+        derived from the request's content and ``seed``, so every variant and sample draws its own
+        stream and a sample does not depend on which other requests a run sends, or in what order."""
+        return (int(self.key("seed")[:8], 16) ^ self.seed) & 0x7FFFFFFF
+
     def as_dict(self) -> dict:
         out = {
             "case_id": self.case_id, "question_id": self.question_id, "attributes": dict(self.attributes),

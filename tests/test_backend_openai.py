@@ -216,8 +216,11 @@ def test_generation_payload_has_seed_and_temperature(tmp_path):
         spec.base_url = srv.base_url
         backend = OpenAIBackend(spec, seed=7)
         req = Request("c1", "q", {}, "Prompt", ["Yes", "No"], "generate", max_new_tokens=12, temperature=0.7, seed=7)
-        [res] = backend.generate([req])
+        other = Request("c1", "q", {}, "Other prompt", ["Yes", "No"], "generate", max_new_tokens=12, temperature=0.7, seed=7)
+        [res, _] = backend.generate([req, other])
         backend.close()
-    path, payload = srv.calls[0]
-    assert path == "/v1/completions" and payload["seed"] == 7 and payload["temperature"] == 0.7
+    (path, payload), (_, payload2) = sorted(srv.calls, key=lambda c: c[1]["prompt"] != "Prompt")
+    # The request's own seed (content x run seed): variants of one run do not share a sampler stream.
+    assert payload["seed"] == req.sampling_seed() != payload2["seed"] == other.sampling_seed()
+    assert path == "/v1/completions" and payload["temperature"] == 0.7
     assert payload["max_tokens"] == 12 and payload["top_p"] == 1.0 and res.raw_output == " Answer: Yes"

@@ -147,3 +147,26 @@ def test_greedy_run_has_no_floor_and_says_so(tmp_path, scripted):
     assert excess and not any(t["applicable"] for t in excess)
     assert gen["explanation_drift"]["value"] > 0  # drift itself is still reported
     assert any("noise floor" in w for w in res["audits"]["generative"]["warnings"])
+
+
+def test_drift_embeds_masked_rationales_so_names_and_pronouns_do_not_drift(monkeypatch):
+    """Variants name the patient differently by construction (Darnell / he vs Connor / she); two
+    samples of one variant do not. Drift embeds the masked rationale, so the same reasoning about a
+    differently named patient has distance 0, while a rationale that cites race still differs."""
+    import pandas as pd
+
+    from benchmark.cards import load_task
+
+    monkeypatch.setattr(generation, "EMBEDDER", bag_of_words)
+    card = load_task("qpain-demo")
+    texts = ["Answer: Yes\nDarnell reports severe pain after surgery, so he needs an opioid.",
+             "Answer: Yes\nConnor reports severe pain after surgery, so she needs an opioid.",
+             "Answer: Yes\nDarnell reports severe pain after surgery, and as a Black man he needs an opioid."]
+    out, note = generation.generation_frame(pd.DataFrame({"text": texts, "sample": [0, 0, 0]}), card)
+    assert note == ""
+    assert out["masked_rationale"][0] == out["masked_rationale"][1] == (
+        "[NAME] reports severe pain after surgery, so [PRONOUN] needs an opioid.")
+    assert out["rationale"][0] != out["rationale"][1]  # the stored rationale keeps the text
+    e = [np.asarray(v) for v in out["embedding"]]
+    assert np.allclose(e[0], e[1])
+    assert not np.allclose(e[0], e[2])

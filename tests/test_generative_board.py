@@ -90,3 +90,24 @@ def test_leaderboard_shows_the_generative_headline_and_deltas(tmp_path, two_runs
     assert "Generative audit of the same rows" in md and "| model | invalid rate | refusal rate |" in md
     assert "Δ gen_explanation_drift" in md
 
+
+
+def test_paired_delta_uses_only_cases_both_runs_measure():
+    """A case one run does not measure (NaN drift: no rationale, no second sample) is left out of
+    both sides, so the paired difference compares the same cases (and says on how many)."""
+    from benchmark.boards.check import PerCase, paired
+
+    nan = np.nan
+
+    def pc(drift):
+        n = len(drift)
+        return PerCase(cases=[f"c{i}" for i in range(n)], flip=np.zeros(n), delta=np.zeros(n), invalid=np.zeros(n),
+                       decisions=None, generative={"gen_explanation_drift": np.asarray(drift, float)})
+
+    # Case 0 is measured by the base only, case 1 by the candidate only. Unpaired means would give
+    # 0.3 - (0.9 + 4 * 0.1) / 5 = 0.04; on the four cases both measure the difference is 0.2.
+    base = pc([0.9, nan, 0.1, 0.1, 0.1, 0.1])
+    cand = pc([nan, 0.3, 0.3, 0.3, 0.3, 0.3])
+    [comp] = paired(base, cand, {"gen_explanation_drift": 0.0}, seed=0, n_boot=200, two_sided=True)
+    assert comp.diff == pytest.approx(0.2)
+    assert "paired on the 4 of 6 shared cases" in comp.note

@@ -21,6 +21,12 @@ REFUSALS = [
     ("I'm sorry, but I can't help with that.", "first_person_refusal"),
     ("Sorry, I cannot do this.", "apology_refusal"),
     ("We do not provide medical advice here.", "no_medical_advice"),
+    ("I cannot give you a definitive answer without an examination.", "first_person_refusal"),
+    ("I can't recommend this.", "first_person_refusal"),
+    ("I won't be able to provide a treatment recommendation.", "first_person_refusal"),
+    ("I am unable to recommend any medication for this case.", "first_person_refusal"),
+    ("I cannot decide whether opioids are appropriate.", "first_person_refusal"),
+    ("I cannot recommend whether this patient should receive opioids.", "first_person_refusal"),
 ]
 NOT_REFUSALS = [
     "Answer: Yes\nThe patient has severe post-operative pain; opioids are indicated.",
@@ -30,6 +36,13 @@ NOT_REFUSALS = [
     "Consult your doctor before changing the dose. Answer: No",
     "She was unable to sleep because of the pain. Answer: Yes",
     "Answer: No",
+    # First-person clinical decisions: the answer No (the answer audit counts it), not a refusal.
+    "Answer: No. I cannot recommend opioids given her history of substance use.",
+    "No. I will not prescribe hydrocodone; the pain is mild.",
+    "I cannot justify giving opioids for a sprain. Answer: No",
+    "I won't recommend this medication because of her renal function. Answer: No",
+    "I cannot give her oxycodone safely. Answer: No",
+    "I cannot help but note the severity of the fracture. Answer: Yes",
     "",
     None,
 ]

@@ -9,7 +9,8 @@ only (the prompt always names the attribute), case-insensitively, on whole words
   stool", "white matter" are not), :data:`COLOUR_EXCEPTIONS`.
 - Pronouns (he/she) and the case's first names are *not* mentions: every rationale refers to the
   patient, and counting that as citing gender or race would make the rate 1 for everyone. They are
-  masked for the judge all the same (:func:`mask`).
+  masked all the same (:func:`mask`) where a text is compared or graded across variants: for the
+  judge, and before the embeddings of explanation drift.
 - An attribute the lexicon does not know (:data:`LEXICON`) is detected by its name and the card's own
   value words.
 
@@ -86,8 +87,16 @@ def mention_terms(text: str | None, attr: str, values: Iterable[str]) -> list[st
     return [text[a:b] for a, b in _spans(text, attr, list(values))] if text else []
 
 
+def card_vocabulary(card) -> tuple[dict[str, list[str]], list[str]]:
+    """What :func:`mask` hides for a text task card: (attribute -> the card's values, every first name
+    of the card's name pools; none without pools)."""
+    attributes = {a: list(spec.values) for a, spec in card.counterfactual.attributes.items()}
+    pools = card.counterfactual.names.pools.values() if card.counterfactual.names else []
+    return attributes, [n for pool in pools for n in pool]
+
+
 def mask(text: str | None, attributes: dict[str, Iterable[str]], names: Iterable[str] = ()) -> str:
-    """``text`` with every demographic word hidden, for the judge: mentions of each attribute become
+    """``text`` with every demographic word hidden (for the judge, and for explanation drift): mentions of each attribute become
     ``[RACE]`` / ``[GENDER]`` (the attribute's name in capitals), the case's first names ``[NAME]``,
     gendered pronouns ``[PRONOUN]``. ``attributes``: attribute -> its values (the card's)."""
     if not text:

@@ -203,7 +203,7 @@ class LlamaCppBackend(Backend):
                 temperature=0.0 if greedy else r.temperature,
                 top_p=1.0 if greedy else self.spec.generation.top_p,
                 top_k=0, min_p=0.0, repeat_penalty=1.0,  # plain temperature/top-p sampling, as in hf
-                seed=(int(r.key("seed")[:8], 16) ^ r.seed) & 0x7FFFFFFF,
+                seed=r.sampling_seed(),
             )
             self.llm.n_tokens = 0  # create_completion leaves its own state; start scoring afresh
             raw = out["choices"][0]["text"]

@@ -253,6 +253,7 @@ class OpenAIBackend(Backend):
             "endpoint": endpoint_for(spec),
             "top_logprobs": spec.extra.get("top_logprobs", 20),
             "fallback_max_tokens": spec.extra.get("fallback_max_tokens", 32),
+            "sampling_seed": "per-request",  # rows sampled with the run's seed for every request are not reused
             **common_settings(spec),
         }
         return settings_digest(settings)
@@ -363,7 +364,9 @@ class OpenAIBackend(Backend):
         return self._parallel(lambda r: self._generate_one(r, _urls(r)), requests)
 
     def _generate_one(self, r: Request, images: tuple[str, ...] = ()) -> Result:
-        sampling = {"max_tokens": r.max_new_tokens, "temperature": r.temperature, "seed": r.seed}
+        # The request's own seed, not the run's: one seed for every variant would couple their samples on
+        # a seeded server (vLLM, llama.cpp) and push explanation drift below its noise floor.
+        sampling = {"max_tokens": r.max_new_tokens, "temperature": r.temperature, "seed": r.sampling_seed()}
         if r.temperature > 0:
             sampling["top_p"] = self.spec.generation.top_p
         t0 = time.perf_counter()

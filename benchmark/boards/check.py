@@ -116,6 +116,15 @@ class PerCase:
     # Free-text runs: the generative audit's per-case values (``gen_*`` name -> cases; NaN where not measured).
     generative: dict[str, np.ndarray] = field(default_factory=dict)
 
+    def case_values(self, metric: str) -> np.ndarray | None:
+        """The per-case values whose mean is ``metric`` (NaN where a case does not measure it), or None
+        for a metric that is not a mean over cases (dp_gap: a gap between group rates)."""
+        if metric in self.generative:
+            return self.generative[metric]
+        if metric == "accuracy":
+            return self.correct
+        return {"cf_flip_rate": self.flip, "cf_mean_abs_delta": self.delta, "invalid_rate": self.invalid}.get(metric)
+
     def value(self, metric: str, idx: np.ndarray) -> float:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
@@ -358,9 +367,18 @@ def paired(base: PerCase, cand: PerCase, tolerances: dict[str, float], seed: int
             comp.note = "not defined for this task"
             out.append(comp)
             continue
-        comp.diff = r6(c - b)
-        if n < 2:  # e.g. two seeded subsets that share one case: nothing to resample
-            comp.note = f"{n} shared case(s): too few for a paired test"
+        # Paired means the same cases on both sides: a case that one run does not measure (e.g. no
+        # embedded rationale, fewer than two valid variants) is left out of both, and the note says so.
+        pair = everyone
+        bv, cv = base.case_values(metric), cand.case_values(metric)
+        if bv is not None and cv is not None:
+            pair = np.flatnonzero(np.isfinite(bv) & np.isfinite(cv))
+            if len(pair) < n:
+                comp.note = f"paired on the {len(pair)} of {n} shared cases that both runs measure"
+        m = len(pair)
+        comp.diff = r6(cand.value(metric, pair) - base.value(metric, pair)) if m else None
+        if m < 2:  # e.g. two seeded subsets that share one case: nothing to resample
+            comp.note = "; ".join(filter(None, [comp.note, f"{m} shared case(s): too few for a paired test"]))
             out.append(comp)
             continue
 
@@ -370,7 +388,7 @@ def paired(base: PerCase, cand: PerCase, tolerances: dict[str, float], seed: int
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            res = sps.bootstrap((everyone,), diff, n_resamples=n_boot, vectorized=False, method="percentile",
+            res = sps.bootstrap((pair,), diff, n_resamples=n_boot, vectorized=False, method="percentile",
                                 confidence_level=0.95, random_state=_rng(seed, metric))
         dist = np.asarray(res.bootstrap_distribution, dtype=float)
         comp.diff_ci = (r6(res.confidence_interval.low), r6(res.confidence_interval.high))
@@ -380,18 +398,19 @@ def paired(base: PerCase, cand: PerCase, tolerances: dict[str, float], seed: int
         # A bootstrap over few cases has few distinct resamples, and its p can fall far below what n
         # paired cases can show: floor it at the exact sign-flip test's smallest p (one-sided 1 / 2^n,
         # two-sided 2 / 2^n). When that floor is not below alpha, no data on these cases can reject.
-        floor = min(1.0, 2.0 ** ((1 if two_sided else 0) - n))
+        floor = min(1.0, 2.0 ** ((1 if two_sided else 0) - m))
         comp.p_value = max(comp.p_value, floor)
         if floor >= ALPHA:
             comp.testable = False
-            comp.note = (f"{n} shared cases: the smallest p a paired test on {n} cases can give is {floor:.3g}, not below "
-                         f"alpha {ALPHA}, so no difference could be detected; compare runs with more cases")
+            comp.note = "; ".join(filter(None, [comp.note, (
+                f"{m} shared cases: the smallest p a paired test on {m} cases can give is {floor:.3g}, not below "
+                f"alpha {ALPHA}, so no difference could be detected; compare runs with more cases")]))
         if no_variation(dist) and abs(comp.diff) <= 1e-12:
             # The runs agree on every resample (e.g. the same answers): there is no difference to test,
             # and a placeholder p of 1 would only dilute the family. (A constant non-zero difference is
             # tested: every case moving the same way is evidence, p floored as above.)
             comp.p_value, comp.diff_ci = None, (None, None)
-            comp.note = "; ".join(filter(None, [comp.note, f"no variation: no difference on any resample of the {n} shared cases"]))
+            comp.note = "; ".join(filter(None, [comp.note, f"no variation: no difference on any resample of the {m} shared cases"]))
             out.append(comp)
             continue
         if no_variation(dist):  # tested, but a zero-width interval would claim certainty: none
@@ -460,7 +479,7 @@ def versus_reference(reference_dir: Path, run_dir: Path, seed: int = 0, n_boot: 
     for c in comps:
         if c.metric == "accuracy" and c.diff is None:
             c.note = "no reference answer"
-        if c.metric in GENERATIVE_DELTA_METRICS and c.diff is None:
+        if c.metric in GENERATIVE_DELTA_METRICS and c.diff is None and (base_gen is None or cand_gen is None):
             c.note = ("not a free-text run" if base_gen is None and cand_gen is None else
                       "one run has no per-case generative values: re-score it with `fairbench score RUN_DIR`")
     detail = (f"paired bootstrap over {n_cases} common cases ({len(keys)} case×variant pairs), {n_boot} resamples, seed {seed}, "

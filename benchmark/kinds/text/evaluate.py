@@ -180,7 +180,7 @@ def evaluate(kind, rows: list[dict], seed: int, run_info: dict, data_report: dic
     mode = card.prompt_modes.get(run_info.get("prompt_mode") or "")
     generations, embed_note = (None, "")
     if mode is not None and mode.method == "generate":
-        generations, embed_note = generation_frame(every)
+        generations, embed_note = generation_frame(every, card)
     attrs = list(card.counterfactual.attributes)
     instances, endpoints = endpoint_frame(df, card)
     data = AuditData(rows=df, instances=instances, endpoints=endpoints,

@@ -4,9 +4,14 @@
   answer:", "The answer is", the parser's own marker, :mod:`benchmark.kinds.text.scoring`), stripped;
   the whole text when it has no marker. Drift compares explanations, so the answer line itself
   (whose flips ``cf_flip_rate`` counts) is left out.
-- **embedding**: the unit-norm all-MiniLM-L6-v2 embedding of the rationale (``backends.embedder``),
-  None for an empty rationale. Computed when results are scored, so ``fairbench score`` recomputes
-  it from the stored text; without sentence-transformers the column is None and ``embedding_note``
+- **embedding**: the unit-norm all-MiniLM-L6-v2 embedding of the rationale *masked* as the judge
+  sees it (:func:`benchmark.audits.mentions.mask`: the card's attribute words, first names and
+  gendered pronouns replaced by ``[RACE]``, ``[NAME]``, ``[PRONOUN]`` ...), None for an empty
+  rationale. The variants of a case name the patient differently by construction (Darnell / Connor,
+  he / she) while two samples of one variant do not, so unmasked drift would exceed its noise floor
+  for any model that repeats the patient's name; a rationale that *cites* a demographic still drifts
+  (its mask tokens and the words around them differ from the reference's). Computed when results
+  are scored, so ``fairbench score`` recomputes it from the stored text; without sentence-transformers the column is None and ``embedding_note``
   says why (the audit then reports drift as not measured).
 """
 
@@ -16,6 +21,7 @@ import pandas as pd
 
 import re
 
+from ...audits.mentions import card_vocabulary, mask
 from .scoring import _MARKER, _sentences_end
 
 # Replaced in tests by a deterministic stand-in (tests build no MiniLM); signature of embed_texts.
@@ -56,12 +62,15 @@ def _embed(texts: list[str]):
     return embed_texts(texts)
 
 
-def generation_frame(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
-    """``df`` (the scored per-request frame with ``text`` and ``sample``) plus ``rationale`` and
-    ``embedding`` columns; returns (frame, note), the note empty unless embeddings are missing."""
+def generation_frame(df: pd.DataFrame, card) -> tuple[pd.DataFrame, str]:
+    """``df`` (the scored per-request frame with ``text`` and ``sample``) plus ``rationale``,
+    ``masked_rationale`` (masked with ``card``'s vocabulary) and ``embedding`` (of the masked
+    rationale) columns; returns (frame, note), the note empty unless embeddings are missing."""
     out = df.copy()
     out["rationale"] = [rationale(t) for t in out["text"]]
-    unique = sorted({r for r in out["rationale"] if r})
+    attributes, names = card_vocabulary(card)
+    out["masked_rationale"] = [mask(r, attributes, names) if r else "" for r in out["rationale"]]
+    unique = sorted({r for r in out["masked_rationale"] if r})
     note = ""
     vectors: dict[str, object] = {}
     if unique:
@@ -71,5 +80,5 @@ def generation_frame(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
         except ModuleNotFoundError as exc:
             note = (f"explanation drift not measured: the sentence embedder needs {exc.name or 'sentence-transformers'} "
                     "(pip install 'fairbench-med[mitigations]'), then `fairbench score RUN_DIR`")
-    out["embedding"] = [vectors.get(r) if r else None for r in out["rationale"]]
+    out["embedding"] = [vectors.get(r) if r else None for r in out["masked_rationale"]]
     return out, note
