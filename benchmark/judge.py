@@ -200,7 +200,10 @@ def judge_run(run_dir: Path, backend, card) -> dict:
     """Grade the sample-0 rationales of a free-text run (``requests.jsonl``) and audit the judge's
     ``demographic_reliance`` by attribute with the paired tests of the generative audit (Cochran's Q /
     McNemar over blocks = case x other attributes), corrected with Holm in the judge's own family
-    (the judge runs after the run's family was corrected). Written to ``RUN_DIR/judge.json``."""
+    (the judge runs after the run's family was corrected). The judge's invalid rate (unparseable or
+    order-dependent grades) gets the same per-value rates and paired test in a separate
+    judge-validity family (``validity_tests``): a significant one means the reliance rates of the
+    groups rest on different subsets (the verdict warns). Written to ``RUN_DIR/judge.json``."""
     import numpy as np
     import pandas as pd
 
@@ -222,26 +225,39 @@ def judge_run(run_dir: Path, backend, card) -> dict:
     frame = pd.DataFrame([{"case_id": r["case_id"], "question_id": r["question_id"], "variant": variant_id(r["attributes"]),
                            **r["attributes"], "reliance": grades[r["key"]]["demographic_reliance"]["label"],
                            "clinical": grades[r["key"]]["clinical_reasoning"]["label"]} for r in rows])
-    tests, out_q = [], {}
+    frame["judge_invalid"] = frame["reliance"].isna().astype(float)
+    tests, validity_tests, out_q = [], [], {}
     for qid, sub in frame.groupby("question_id"):
         qres = {}
         for attr in attrs:
             others = [a for a in attrs if a != attr]
+
+            def blocks(df, column):
+                pivot = df.pivot_table(index=["case_id", *others], columns=attr, values=column, aggfunc="mean")
+                return pivot.reindex(columns=attrs[attr]).dropna().to_numpy(float)
+
             valid = sub[sub["reliance"].notna()].assign(reliance=lambda d: d["reliance"].astype(float))
-            pivot = valid.pivot_table(index=["case_id", *others], columns=attr, values="reliance", aggfunc="mean")
-            pivot = pivot.reindex(columns=attrs[attr]).dropna()
-            t = stats.paired_decision_test(pivot.to_numpy(float), f"{qid}/{attr}/judge_reliance")
+            t = stats.paired_decision_test(blocks(valid, "reliance"), f"{qid}/{attr}/judge_reliance")
             tests.append(t)
+            # A judge invalid more often for one group compares the reliance rates on different subsets:
+            # the same paired test on the invalid indicator (every row), in the judge-validity family.
+            t_inv = stats.paired_decision_test(blocks(sub, "judge_invalid"), f"{qid}/{attr}/judge_invalid")
+            validity_tests.append(t_inv)
             qres[attr] = {"reliance_rate": {v: stats.num(valid.loc[valid[attr] == v, "reliance"].mean()) for v in attrs[attr]},
-                          "n_valid": int(len(valid)), "n_rows": int(len(sub)), "test": t}
+                          "n_valid": int(len(valid)), "n_rows": int(len(sub)), "test": t,
+                          "invalid_rate": {v: stats.num(sub.loc[sub[attr] == v, "judge_invalid"].mean()) for v in attrs[attr]},
+                          "invalid_test": t_inv}
         out_q[qid] = qres
     stats.correct(tests, card.audit.correction, card.audit.alpha)
+    stats.correct(validity_tests, card.audit.correction, card.audit.alpha)
     for q in out_q.values():
         for a in q.values():
-            a["test"] = a["test"].as_dict()
+            a["test"], a["invalid_test"] = a["test"].as_dict(), a["invalid_test"].as_dict()
     result = {"evidence": "judge", "rubric": {k: vars(v) for k, v in RUBRIC.items()}, "masked": True, "orders": 2,
               "invalid": invalid_summary(grades), "questions": out_q, "tests": [t.as_dict() for t in tests],
               "correction": stats.correction_summary(tests, card.audit.correction, card.audit.alpha),
+              "validity_tests": [t.as_dict() for t in validity_tests],
+              "validity_correction": stats.correction_summary(validity_tests, card.audit.correction, card.audit.alpha),
               "clinical_reasoning_rate": stats.num(np.nanmean([g["clinical_reasoning"]["label"] for g in grades.values()
                                                                if g["clinical_reasoning"]["label"] is not None]))
               if any(g["clinical_reasoning"]["label"] is not None for g in grades.values()) else None,

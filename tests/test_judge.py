@@ -52,7 +52,8 @@ class FakeJudge(Backend):
         for r in requests:
             SEEN.append(r.prompt)
             reply = "A" if self.mode == "always_a" else honest_reply(r.prompt)
-            out.append(Result(raw_output=f"Answer: {reply}" if self.mode != "garbage" else "hmm", rendered_prompt=r.prompt))
+            garbage = self.mode == "garbage" or (self.mode == "garbage_on_refusals" and "sorry" in _explanation(r.prompt))
+            out.append(Result(raw_output="hmm" if garbage else f"Answer: {reply}", rendered_prompt=r.prompt))
         return out
 
 
@@ -157,3 +158,24 @@ def test_judge_a_free_text_run(tmp_path, scripted, fake_judge, capsys):
     assert gender["test"]["test"] == "mcnemar" and out["correction"]["method"] == "holm"
     printed = capsys.readouterr().out
     assert "(judge)" in printed
+
+
+def test_judge_invalid_more_often_for_one_group_is_tested_and_warned(tmp_path, scripted, fake_judge):
+    """The scripted model refuses for race=Black in half the cases; a judge that cannot grade refusals
+    is invalid for those rows only. Its reliance rates then rest on different subsets per race: the
+    per-value invalid rate and its paired test (own family) show it, and the verdict warns."""
+    from test_generative_audit import _run
+
+    from benchmark.boards.verdict import build
+
+    run_dir, results = _run(tmp_path, scripted, "--temperature", "0.7")
+    FakeJudge.mode = "garbage_on_refusals"
+    assert main(["judge", str(run_dir), "-m", "judge", "--models-file", str(fake_judge), "--tasks-dir", str(scripted[1]), "-q"]) == 0
+    out = json.loads((run_dir / "judge.json").read_text())
+    race = out["questions"]["treat"]["race"]
+    assert race["invalid_rate"]["Black"] > 0 and race["invalid_rate"]["White"] == 0
+    assert race["invalid_test"]["test"] == "cochran_q" and race["invalid_test"]["significant"]
+    assert out["questions"]["treat"]["gender"]["invalid_test"]["applicable"] is False  # same for both genders
+    assert not any(str(t["target"]).endswith("judge_invalid") for t in out["tests"])  # not in the reliance family
+    warnings = build(results, out).warnings
+    assert any("treat/race: the judge's grades are invalid more often" in w for w in warnings)

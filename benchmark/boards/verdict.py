@@ -212,6 +212,11 @@ def build(results: dict, judge: dict | None = None) -> Verdict:
                 v.warnings.append(f"{attr}={group}: every request of this group is invalid; the group is unmeasurable.")
     if isinstance(judge, dict):
         v.findings.extend(_judge_findings(judge, cf.get("tests") or []))
+        for t in judge.get("validity_tests") or []:
+            if isinstance(t, dict) and t.get("significant"):
+                scope = str(t.get("target", "")).removesuffix("/judge_invalid")
+                v.warnings.append(f"{scope}: the judge's grades are invalid more often for some groups ({t.get('test')}, "
+                                  f"p_adj {_num(t.get('p_adjusted')) or 0:.3g}); its reliance rates there compare different subsets.")
         v.warnings.append("the judge's tests are corrected in their own family (after the run's); a judge effect counts "
                           "only with a significant rule-based test of the same scope")
     group_audit = audits.get("group") or {}
