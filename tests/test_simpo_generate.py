@@ -119,6 +119,9 @@ def test_generated_pairs_rank_by_similarity_and_count_skips(monkeypatch):
         assert p["prompt"].startswith("<user>") and p["teacher_text"] == "teacher says yes"
         assert p["teacher_answer"] == ("Yes" if p["question_id"] == "treat" else None)  # parsed; None = no option named
         assert set(p["samples"]) == {"near", "far", "mid"}
+    # "near" / "far" name no option: kept (the paper ranks by similarity alone) and counted.
+    assert info["n_pairs_chosen_without_answer"] == info["n_pairs_rejected_without_answer"] == len(pairs)
+    assert info["n_teacher_texts_without_answer"] == sum(1 for r in teacher.seen if r.question_id != "treat")
 
 
 def _all_prompts(card, cases):

@@ -284,9 +284,14 @@ def build_generated_pairs(student, teacher, card, cases: list[Case], mode: str, 
             "sim_chosen": round(float(s[best]), 6), "sim_rejected": round(float(s[worst]), 6),
         })
     info["embed_seconds"] = time.perf_counter() - t0
+    # The paper ranks by similarity alone, so texts without a parseable answer (e.g. cut off at
+    # max_new_tokens) are kept; counted here so the manifest shows how often they are the target.
     info.update({"n_prompts": len(prompts), "n_identical_samples_prompts_skipped": n_identical,
                  "n_equal_similarity_prompts_skipped": n_tied, "n_teacher_prompts": len(teacher_reqs),
-                 "n_empty_teacher_texts_skipped": n_empty_teacher})
+                 "n_empty_teacher_texts_skipped": n_empty_teacher,
+                 "n_teacher_texts_without_answer": sum(t["answer"] is None for t in teacher_texts.values()),
+                 "n_pairs_chosen_without_answer": sum(p["chosen_answer"] is None for p in pairs),
+                 "n_pairs_rejected_without_answer": sum(p["rejected_answer"] is None for p in pairs)})
     return pairs, info
 
 
