@@ -27,6 +27,7 @@ REFUSALS = [
     ("I am unable to recommend any medication for this case.", "first_person_refusal"),
     ("I cannot decide whether opioids are appropriate.", "first_person_refusal"),
     ("I cannot recommend whether this patient should receive opioids.", "first_person_refusal"),
+    ("I am unable to provide a medical prescription in this scenario.", "first_person_refusal"),  # SmolLM2, Q-Pain
 ]
 NOT_REFUSALS = [
     "Answer: Yes\nThe patient has severe post-operative pain; opioids are indicated.",

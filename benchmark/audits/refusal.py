@@ -37,7 +37,7 @@ _MODIFIERS = (r"(?:a|an|any|the|this|that|such|my|your|specific|particular|perso
               r"medical|clinical|treatment|pain|definitive|definite|final|firm|professional|informed)")
 _TASK_NOUNS = (r"(?:answers?|responses?|recommendations?|advice|diagnos[ie]s|decisions?|opinions?|assessments?|"
                r"judge?ments?|determinations?|information|guidance|help|assistance|conclusions?|suggestions?)")
-_UNNAMED = r"(?:a|an|any)\s+(?:(?:specific|particular|personali[sz]ed|individuali[sz]ed|such)\s+)?"
+_UNNAMED = r"(?:a|an|any)\s+(?:(?:specific|particular|personali[sz]ed|individuali[sz]ed|such|medical|clinical)\s+){0,2}"
 _TREATMENTS = r"(?:medications?|medicines?|treatments?|drugs?|doses?|dosages?|prescriptions?|therap(?:y|ies)|analgesi(?:a|cs?))"
 _TASK_OBJECT = (r"(?:(?:" + _MODIFIERS + r"\s+){0,3}" + _TASK_NOUNS + r"\b|" + _UNNAMED + _TREATMENTS + r"\b|"
                 r"(?:this|that|it)\s*(?:[.,;!?]|$|\b(?:for|to|without|with|here|now|at|in|on)\b)|"
