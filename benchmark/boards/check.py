@@ -240,6 +240,11 @@ class PerPatient:
         return gap_metrics(ep.y[keep], ep.p[keep], ep.d[keep], self.codes[keep], self.n_groups, self.bins,
                            ep.underdiag_is_fpr, ep.include)
 
+    def case_values(self, metric: str) -> None:
+        """None: every imaging metric is computed over the images of the resampled patients (a gap,
+        an AUC), not a mean of per-patient values, and every shared patient enters both sides."""
+        return None
+
     def value(self, metric: str, idx: np.ndarray) -> float:
         rows = self.clusters.rows(idx)
         with warnings.catch_warnings():
