@@ -96,9 +96,9 @@ def card_vocabulary(card) -> tuple[dict[str, list[str]], list[str]]:
 
 
 def mask(text: str | None, attributes: dict[str, Iterable[str]], names: Iterable[str] = ()) -> str:
-    """``text`` with every demographic word hidden (for the judge, and for explanation drift): mentions of each attribute become
-    ``[RACE]`` / ``[GENDER]`` (the attribute's name in capitals), the case's first names ``[NAME]``,
-    gendered pronouns ``[PRONOUN]``. ``attributes``: attribute -> its values (the card's)."""
+    """``text`` with every demographic word hidden (for the judge, and for explanation drift):
+    mentions of each attribute become ``[RACE]`` / ``[GENDER]`` (the attribute's name in capitals),
+    the case's first names ``[NAME]``, gendered pronouns ``[PRONOUN]``. ``attributes``: attribute -> its values (the card's)."""
     if not text:
         return ""
     spans: list[tuple[int, int, str]] = []

@@ -4,8 +4,9 @@ A stated lexicon (:data:`REFUSAL_PATTERNS`), matched case-insensitively; its beh
 table of texts that must and must not match (tests/test_refusal_table.py). Definitions:
 
 - **refusal**: the text contains a first-person refusal of the task ("I cannot provide a
-  recommendation", "I'm unable to answer", "I'm sorry, but I can't ...", "I must decline"), a self-description as an AI or language model ("As an AI, ..."), or
-  a statement that it gives no medical advice ("I am not able to give medical advice"). It counts
+  recommendation", "I'm unable to answer", "I'm sorry, but I can't ...", "I must decline"), a
+  self-description as an AI or language model ("As an AI, ..."), or a statement that it gives no
+  medical advice ("I am not able to give medical advice"). It counts
   whether or not the text also names an answer: the parser decides validity, this detector only
   whether the model declined (a hedged answer after a refusal phrase is still a refusal).
 - **not a refusal**: a clinical decision in the first person ("I cannot recommend opioids given her

@@ -11,8 +11,8 @@
   he / she) while two samples of one variant do not, so unmasked drift would exceed its noise floor
   for any model that repeats the patient's name; a rationale that *cites* a demographic still drifts
   (its mask tokens and the words around them differ from the reference's). Computed when results
-  are scored, so ``fairbench score`` recomputes it from the stored text; without sentence-transformers the column is None and ``embedding_note``
-  says why (the audit then reports drift as not measured).
+  are scored, so ``fairbench score`` recomputes it from the stored text; without
+  sentence-transformers the column is None and ``embedding_note`` says why (the audit then reports drift as not measured).
 """
 
 from __future__ import annotations
